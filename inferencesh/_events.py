@@ -1,0 +1,100 @@
+"""Typed events the SDK yields: task updates and their parts.
+
+Plain attrs value objects with no I/O. They also answer dict-style reads (`update["status"]`,
+`update.get("logs")`) because code written for the official client reads them that way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import attrs
+
+from ._status import TaskStatus
+
+__all__ = ["MappingReads", "Progress", "TaskUpdate"]
+
+_MISSING: Any = object()
+
+
+class MappingReads:
+    """Dict-style reads over an attrs class: its fields, then the keys of its `raw` payload.
+
+    A key that is neither raises `KeyError` (or `get` returns the default), as a dict does.
+    """
+
+    __slots__ = ()
+
+    def _lookup(self, key: str) -> Any:
+        if key in attrs.fields_dict(type(self)) and key != "raw":  # type: ignore[arg-type]
+            return getattr(self, key)
+        raw = getattr(self, "raw", None)
+        if isinstance(raw, Mapping) and key in raw:
+            return raw[key]
+        return _MISSING
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._lookup(key)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return the value for `key`, or `default` when there is no such key."""
+        value = self._lookup(key)
+        return default if value is _MISSING else value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._lookup(key) is not _MISSING
+
+    def keys(self) -> list[str]:
+        """The field names, then any extra keys of the raw payload."""
+        names = [name for name in attrs.fields_dict(type(self)) if name != "raw"]  # type: ignore[arg-type]
+        raw = getattr(self, "raw", None)
+        if isinstance(raw, Mapping):
+            names.extend(k for k in raw if k not in names)
+        return names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+
+@attrs.frozen
+class Progress(MappingReads):
+    """How far a task is: `current` steps of `total`."""
+
+    current: float
+    total: float
+
+    @property
+    def fraction(self) -> float | None:
+        """`current / total` clamped to [0, 1], or None when the total is not positive."""
+        if self.total <= 0:
+            return None
+        return max(0.0, min(1.0, self.current / self.total))
+
+
+@attrs.frozen
+class TaskUpdate(MappingReads):
+    """One step in the life of a task, as a stream yields it.
+
+    `logs` holds only the log lines that are new in this update. `partial_output` is the
+    intermediate output of a running task; `output` is the final output, set once the task
+    has completed. `raw` is the payload as received, for fields this class does not name.
+    """
+
+    id: str
+    status: TaskStatus = TaskStatus.UNKNOWN
+    logs: tuple[str, ...] = ()
+    progress: Progress | None = None
+    partial_output: Any = None
+    output: Any = None
+    error: Any = None
+    session_id: str | None = None
+    raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether this update ends the task (completed, failed, cancelled, rejected)."""
+        return self.status.is_terminal

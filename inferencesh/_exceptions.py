@@ -1,0 +1,298 @@
+"""Everything the SDK raises, in one tree.
+
+```
+InferenceshError                      base of every exception the SDK raises
+├── TransportError                    the network failed; retryable
+│   ├── ConnectError                  could not connect (DNS, refused, connect timeout)
+│   ├── IdleTimeoutError              no byte (heartbeats included) within the idle timeout
+│   └── StreamInterruptedError        the connection dropped mid-response
+├── APIStatusError                    the server answered with a non-2xx status
+│   ├── BadRequestError               400 and other 4xx without a class of their own
+│   ├── AuthenticationError           401 / 403
+│   ├── NotFoundError                 404
+│   ├── ConflictError                 409
+│   ├── RequirementsNotMetError       412, with `.errors`
+│   ├── RateLimitError                429, with `.retry_after`
+│   └── ServerError                   5xx
+├── ProtocolError                     the server sent something that breaks the protocol
+│   └── SSELineTooLongError           an SSE line exceeded `max_line_bytes`
+├── RetriesExhaustedError             a stream gave up reconnecting; `__cause__` is the last failure
+├── TaskError                         the task ended without completing; `.task` is its last state
+│   ├── TaskFailedError               status FAILED (`.error` holds the app's message)
+│   │   └── TaskRejectedError         status REJECTED (admission refused)
+│   └── TaskCancelledError            status CANCELLED
+├── TaskTimeoutError (TimeoutError)   `wait_for_completion` passed its deadline
+├── AgentError                        an agent run failed or a tool call could not be served
+│   └── ToolCallError                 a client tool call had no handler or its handler raised
+└── UsageError (RuntimeError)         the SDK was used wrongly: closed client, missing API key, ...
+```
+
+Foreign exceptions (aiohttp, asyncio) are mapped to these in one place, the transport, and
+chained with `raise ... from exc`, so callers never have to catch library types.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._events import TaskUpdate
+
+__all__ = [
+    "AgentError",
+    "APIStatusError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConflictError",
+    "ConnectError",
+    "IdleTimeoutError",
+    "InferenceshError",
+    "NotFoundError",
+    "ProtocolError",
+    "RateLimitError",
+    "RequirementsNotMetError",
+    "RetriesExhaustedError",
+    "ServerError",
+    "SSELineTooLongError",
+    "StreamInterruptedError",
+    "TaskCancelledError",
+    "TaskError",
+    "TaskFailedError",
+    "TaskRejectedError",
+    "TaskTimeoutError",
+    "ToolCallError",
+    "TransportError",
+    "UsageError",
+]
+
+
+class InferenceshError(Exception):
+    """Base class of every exception the SDK raises."""
+
+
+class TransportError(InferenceshError):
+    """The network failed before a complete answer arrived; safe to retry."""
+
+
+class ConnectError(TransportError):
+    """The connection could not be established (refused, DNS, connect timeout)."""
+
+
+class IdleTimeoutError(TransportError):
+    """No byte arrived on a stream within `StreamingOptions.idle_timeout`."""
+
+
+class StreamInterruptedError(TransportError):
+    """The connection dropped in the middle of a response."""
+
+
+class APIStatusError(InferenceshError):
+    """The server answered with a non-2xx HTTP status.
+
+    `status` is the HTTP status, `code` the API's machine-readable error code (for example
+    `not_found`), `message` the human-readable detail and `body` the decoded error body.
+    """
+
+    status: int
+    code: str | None
+    message: str
+    body: Any
+    retry_after: float | None
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        body: Any = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.body = body
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """Whether repeating the same request may succeed (429 and 5xx)."""
+        return self.status == 429 or self.status >= 500
+
+
+class BadRequestError(APIStatusError):
+    """A 4xx answer without a more specific class (400, 405, 422, ...)."""
+
+
+class AuthenticationError(APIStatusError):
+    """401 or 403: the API key is missing, wrong, or not allowed to do this."""
+
+
+class NotFoundError(APIStatusError):
+    """404: the task, chat, or app does not exist."""
+
+
+class ConflictError(APIStatusError):
+    """409: the request conflicts with the resource's current state."""
+
+
+class RequirementsNotMetError(APIStatusError):
+    """412: the app needs secrets, integrations or scopes that are not set up.
+
+    `errors` holds the server's list of unmet requirements as dicts (`type`, `key`, `message`,
+    `action`).
+    """
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        """The unmet requirements as the server listed them."""
+        body = self.body if isinstance(self.body, Mapping) else {}
+        found = body.get("errors")
+        return [e for e in found if isinstance(e, dict)] if isinstance(found, list) else []
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests; `retry_after` is the server's hint in seconds, if any."""
+
+
+class ServerError(APIStatusError):
+    """5xx: the server failed; retryable."""
+
+
+class ProtocolError(InferenceshError):
+    """The server sent something the protocol does not allow (framing, JSON, shape)."""
+
+
+class SSELineTooLongError(ProtocolError):
+    """An SSE line grew past the decoder's `max_line_bytes` bound."""
+
+
+class RetriesExhaustedError(InferenceshError):
+    """A stream gave up after `StreamingOptions.max_retries` reconnects.
+
+    The last failure is chained as `__cause__`.
+    """
+
+    attempts: int
+
+    def __init__(self, message: str, *, attempts: int) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
+class TaskError(InferenceshError):
+    """A task ended without completing; `task` is its last known state."""
+
+    task: TaskUpdate
+
+    def __init__(self, message: str, task: TaskUpdate) -> None:
+        super().__init__(message)
+        self.task = task
+
+    @property
+    def task_id(self) -> str:
+        """The id of the task that ended."""
+        return self.task.id
+
+
+class TaskFailedError(TaskError):
+    """The task failed; `error` is the app's error message."""
+
+    @property
+    def error(self) -> Any:
+        """The error the task reported."""
+        return self.task.error
+
+
+class TaskRejectedError(TaskFailedError):
+    """The API refused to admit the task (for example, no balance)."""
+
+
+class TaskCancelledError(TaskError):
+    """The task was cancelled."""
+
+
+class TaskTimeoutError(InferenceshError, TimeoutError):
+    """`wait_for_completion` reached its deadline before the task ended."""
+
+
+class AgentError(InferenceshError):
+    """An agent run failed or ended in a state the caller cannot use."""
+
+
+class ToolCallError(AgentError):
+    """A client tool call could not be served: no handler, or the handler raised."""
+
+
+class UsageError(InferenceshError, RuntimeError):
+    """The SDK was used in a way it does not support (closed client, missing key, ...)."""
+
+
+_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+    401: AuthenticationError,
+    403: AuthenticationError,
+    404: NotFoundError,
+    409: ConflictError,
+    412: RequirementsNotMetError,
+    429: RateLimitError,
+}
+
+
+def status_error(
+    status: int, body: bytes | str, *, retry_after: float | None = None
+) -> APIStatusError:
+    """Build the most specific `APIStatusError` for an HTTP error answer.
+
+    The message is read from problem+json (`detail`, `title`), the legacy `error.message` or
+    `message`, and falls back to the first 500 characters of the body.
+    """
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    decoded: Any = None
+    try:
+        decoded = json.loads(text) if text else None
+    except ValueError:
+        decoded = None
+    message, code = _problem_message(decoded)
+    if not message:
+        message = text.strip()[:500] or _reason(status)
+    if status in _STATUS_CLASSES:
+        cls = _STATUS_CLASSES[status]
+    elif status >= 500:
+        cls = ServerError
+    else:
+        cls = BadRequestError
+    return cls(
+        status, message, code=code, body=decoded if decoded is not None else text,
+        retry_after=retry_after,
+    )
+
+
+def _problem_message(body: Any) -> tuple[str, str | None]:
+    if not isinstance(body, Mapping):
+        return "", None
+    legacy = body.get("error")
+    legacy = legacy if isinstance(legacy, Mapping) else {}
+    message = ""
+    for candidate in (body.get("detail"), legacy.get("message"), body.get("title"), body.get("message")):
+        if isinstance(candidate, str) and candidate:
+            message = candidate
+            break
+    code: str | None = None
+    problem_type = body.get("type")
+    if isinstance(problem_type, str) and "/errors/" in problem_type:
+        code = problem_type.rsplit("/errors/", 1)[1] or None
+    if code is None and isinstance(legacy.get("code"), str):
+        code = legacy["code"]
+    return message, code
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Request failed"
