@@ -7,9 +7,7 @@ offline development and tests.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-from ._converters import structure_task as _structure_task  # noqa: F401  (warm the converter)
+from ._async_client import AsyncInference, TaskStream, async_inference
 from ._events import Progress, TaskUpdate
 from ._exceptions import (
     AgentError,
@@ -38,20 +36,22 @@ from ._exceptions import (
     UsageError,
 )
 from ._status import TaskStatus
-
-try:
-    __version__ = version("inferencesh")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
+from ._streaming import StreamingOptions
+from ._sync_client import Inference, SyncStream, inference
+from ._version import __version__
 
 __all__ = [
     "AgentError",
     "APIStatusError",
+    "AsyncInference",
+    "async_inference",
     "AuthenticationError",
     "BadRequestError",
     "ConflictError",
     "ConnectError",
     "IdleTimeoutError",
+    "Inference",
+    "inference",
     "InferenceshError",
     "NotFoundError",
     "Progress",
@@ -61,12 +61,15 @@ __all__ = [
     "RetriesExhaustedError",
     "ServerError",
     "SSELineTooLongError",
+    "StreamingOptions",
     "StreamInterruptedError",
+    "SyncStream",
     "TaskCancelledError",
     "TaskError",
     "TaskFailedError",
     "TaskRejectedError",
     "TaskStatus",
+    "TaskStream",
     "TaskTimeoutError",
     "TaskUpdate",
     "ToolCallError",

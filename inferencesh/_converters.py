@@ -96,7 +96,9 @@ def structure_task(obj: Any, *, task_id: str | None = None) -> WireTask:
                 raise TypeError(f"expected a list, got {type(value).__name__}")
             return converter.structure(value, typ)
         except Exception as exc:  # cattrs raises several types; all mean "wrong shape"
-            raise ProtocolError(f"task payload field {name!r} is malformed: {_explain(exc)}") from exc
+            raise ProtocolError(
+                f"task payload field {name!r} is malformed: {_explain(exc)}"
+            ) from exc
 
     raw_id = payload.get("id", task_id)
     if not isinstance(raw_id, str) or not raw_id:

@@ -92,5 +92,11 @@ _CODES: dict[TaskStatus, int] = {
 _RANKS = {TaskStatus.UPLOADING: 8, TaskStatus.CANCELLING: 9}
 _BY_CODE = {code: status for status, code in _CODES.items()}
 _BY_NAME: dict[str, TaskStatus] = {status.value: status for status in _CODES}
-_BY_NAME.update({"scheduled": TaskStatus.DISPATCHED, "canceled": TaskStatus.CANCELLED,
-                 "canceling": TaskStatus.CANCELLING, "setup": TaskStatus.SETTING_UP})
+_BY_NAME.update(
+    {
+        "scheduled": TaskStatus.DISPATCHED,
+        "canceled": TaskStatus.CANCELLED,
+        "canceling": TaskStatus.CANCELLING,
+        "setup": TaskStatus.SETTING_UP,
+    }
+)

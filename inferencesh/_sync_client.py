@@ -1,0 +1,334 @@
+"""`Inference`, the blocking client: the async core run on a background event-loop thread.
+
+No protocol logic lives here. Each call hands an `AsyncInference` coroutine to the client's own
+event loop (an anyio blocking portal on a daemon thread) and waits for it. Streams cross the
+thread boundary in batches through a bounded buffer, so a slow consumer slows the reader down
+instead of growing memory. Leaving a call by any exception, KeyboardInterrupt included, cancels
+the work on the loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any, Generic, Literal, Self, TypeVar, overload
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from ._async_client import AsyncInference, Params
+from ._events import TaskUpdate
+from ._exceptions import UsageError
+from ._streaming import StreamingOptions
+
+__all__ = ["Inference", "SyncStream", "inference"]
+
+T = TypeVar("T")
+
+# How many updates may wait between the loop thread and a slow consumer, and the largest
+# batch handed over in one crossing.
+_BUFFER = 1024
+
+_live_clients: weakref.WeakSet[Inference] = weakref.WeakSet()
+# Objects that belonged to a parent process's event loop. A forked child keeps them alive but
+# never touches them: finalizing them would warn about sessions the child cannot close.
+_orphans: list[object] = []
+
+
+class _Pump(Generic[T]):
+    """Runs an async iterator on the loop and buffers its items for another thread."""
+
+    def __init__(self, source: AsyncIterator[T]) -> None:
+        self._source = source
+        self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(_BUFFER)
+        self._task = asyncio.get_running_loop().create_task(self._produce())
+
+    async def _produce(self) -> None:
+        try:
+            async for item in self._source:
+                await self._queue.put((_ITEM, item))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # handed to the consuming thread, which re-raises it
+            await self._queue.put((_ERROR, exc))
+        else:
+            await self._queue.put((_END, None))
+
+    async def next_batch(self) -> list[tuple[int, Any]]:
+        """Wait for at least one item, then take everything already buffered."""
+        batch = [await self._queue.get()]
+        while batch[-1][0] == _ITEM and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        return batch
+
+    async def aclose(self) -> None:
+        """Stop the producer and close the source (and with it, the connection)."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+_ITEM, _END, _ERROR = 0, 1, 2
+
+
+class SyncStream(Iterator[T]):
+    """A blocking iterator over an async stream that runs on the client's loop thread.
+
+    Leaving the loop early (`break`, an exception, Ctrl-C) closes the connection, because the
+    `for` loop drops the iterator and its clean-up runs; so do `close()` and the `with` block.
+    """
+
+    def __init__(self, client: Inference, make_source: Callable[[], AsyncIterator[T]]) -> None:
+        self._client = client
+        self._make_source = make_source
+        self._gen = self._iterate()
+
+    def __iter__(self) -> Iterator[T]:
+        return self._gen
+
+    def __next__(self) -> T:
+        return next(self._gen)
+
+    def _iterate(self) -> Generator[T, None, None]:
+        client = self._client
+        pump = client._call(self._start)
+        try:
+            while True:
+                for kind, value in client._call(pump.next_batch):
+                    if kind == _ITEM:
+                        yield value
+                    elif kind == _ERROR:
+                        raise value
+                    else:
+                        return
+        finally:
+            client._call(pump.aclose, closing=True)
+
+    async def _start(self) -> _Pump[T]:
+        return _Pump(self._make_source())
+
+    def close(self) -> None:
+        """Stop iterating and close the connection now."""
+        self._gen.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Inference:
+    """Blocking client for the inference.sh API, with the same operations as `AsyncInference`.
+
+    The work runs on a background event loop owned by this client (a daemon thread started on
+    first use), so it works from plain scripts, from several threads at once, and from inside
+    a running event loop (Jupyter, async web handlers). `with` or `close()` stops the loop.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float | None = 30.0,
+        max_connections: int | None = None,
+        streaming_options: StreamingOptions | None = None,
+        max_retries: int = 2,
+    ) -> None:
+        def make() -> AsyncInference:
+            return AsyncInference(
+                api_key,
+                base_url=base_url,
+                timeout=timeout,
+                max_connections=max_connections,
+                streaming_options=streaming_options,
+                max_retries=max_retries,
+            )
+
+        self._make_async = make
+        self._async = make()
+        self._lock = threading.Lock()
+        self._portal_cm: contextlib.AbstractContextManager[BlockingPortal] | None = None
+        self._portal: BlockingPortal | None = None
+        self._closed = False
+        _live_clients.add(self)
+
+    def __repr__(self) -> str:
+        return f"<Inference base_url={self.base_url!r}>"
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL this client talks to."""
+        return self._async.base_url
+
+    # -- the loop thread ----------------------------------------------------------------------
+
+    def _get_portal(self) -> BlockingPortal:
+        with self._lock:
+            if self._closed:
+                raise UsageError("the client is closed; create a new one")
+            if self._portal is None:
+                cm = start_blocking_portal("asyncio", name="inferencesh-loop")
+                self._portal = cm.__enter__()
+                self._portal_cm = cm
+            return self._portal
+
+    def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, closing: bool = False) -> T:
+        if closing:
+            portal = self._portal
+            if portal is None:
+                return None  # type: ignore[return-value]
+        else:
+            portal = self._get_portal()
+        future: Future[T] = portal.start_task_soon(fn, *args)
+        try:
+            return future.result()
+        except BaseException:
+            # Ctrl-C or any other exit while waiting: stop the work on the loop thread too.
+            future.cancel()
+            raise
+
+    def close(self) -> None:
+        """Close the connection pool and stop the loop thread. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            portal, cm = self._portal, self._portal_cm
+            self._portal = self._portal_cm = None
+        if portal is None or cm is None:
+            return
+        try:
+            portal.call(self._async.aclose)
+        finally:
+            cm.__exit__(None, None, None)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _after_fork_in_child(self) -> None:
+        # The loop thread does not exist in the child; start afresh on first use.
+        _orphans.extend([self._async, self._portal, self._portal_cm])
+        self._lock = threading.Lock()
+        self._portal = self._portal_cm = None
+        self._async = self._make_async()
+
+    # -- operations ---------------------------------------------------------------------------
+
+    @overload
+    def run(
+        self,
+        params: Params,
+        *,
+        stream: Literal[True],
+        wait: bool = True,
+        options: StreamingOptions | None = None,
+    ) -> SyncStream[TaskUpdate]: ...
+
+    @overload
+    def run(
+        self,
+        params: Params,
+        *,
+        stream: Literal[False] = False,
+        wait: bool = True,
+        options: StreamingOptions | None = None,
+    ) -> TaskUpdate: ...
+
+    def run(
+        self,
+        params: Params,
+        *,
+        stream: bool = False,
+        wait: bool = True,
+        options: StreamingOptions | None = None,
+    ) -> SyncStream[TaskUpdate] | TaskUpdate:
+        """Run an app; see `AsyncInference.run`. With `stream=True`, returns an iterator."""
+        if stream:
+            return SyncStream(self, lambda: self._async.run(params, stream=True, options=options))
+        return self._call(self._run, params, wait, options)
+
+    async def _run(
+        self, params: Params, wait: bool, options: StreamingOptions | None
+    ) -> TaskUpdate:
+        return await self._async.run(params, wait=wait, options=options)
+
+    def get_task(self, task_id: str) -> TaskUpdate:
+        """The task's current state; see `AsyncInference.get_task`."""
+        return self._call(self._async.get_task, task_id)
+
+    def cancel_task(self, task_id: str) -> None:
+        """Ask the server to cancel the task; see `AsyncInference.cancel_task`."""
+        self._call(self._async.cancel_task, task_id)
+
+    def stream_task(
+        self, task_id: str, options: StreamingOptions | None = None
+    ) -> SyncStream[TaskUpdate]:
+        """Attach to an existing task's stream; see `AsyncInference.stream_task`."""
+        self._async.stream_task(task_id, options)  # validates arguments before any I/O
+        return SyncStream(self, lambda: self._async.stream_task(task_id, options))
+
+    def wait_for_completion(self, task_id: str, timeout: float | None = None) -> TaskUpdate:
+        """Wait for the task to end; see `AsyncInference.wait_for_completion`."""
+        return self._call(self._async.wait_for_completion, task_id, timeout)
+
+
+def inference(
+    api_key: str | None = None,
+    *,
+    base_url: str | None = None,
+    timeout: float | None = 30.0,
+    max_connections: int | None = None,
+    streaming_options: StreamingOptions | None = None,
+    max_retries: int = 2,
+) -> Inference:
+    """Create a blocking `Inference` client; arguments as for `async_inference`."""
+    return Inference(
+        api_key,
+        base_url=base_url,
+        timeout=timeout,
+        max_connections=max_connections,
+        streaming_options=streaming_options,
+        max_retries=max_retries,
+    )
+
+
+def _close_all_at_exit() -> None:
+    # Runs before the interpreter stops daemon threads: close each open client's pool so a
+    # script that never called close() exits without "Unclosed client session" noise.
+    for client in list(_live_clients):
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+def _reset_all_in_child() -> None:
+    for client in list(_live_clients):
+        client._after_fork_in_child()
+
+
+atexit.register(_close_all_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_all_in_child)
