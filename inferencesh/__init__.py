@@ -43,8 +43,8 @@ from ._version import __version__
 __all__ = [
     "AgentError",
     "APIStatusError",
-    "AsyncInference",
     "async_inference",
+    "AsyncInference",
     "AuthenticationError",
     "BadRequestError",
     "ConflictError",

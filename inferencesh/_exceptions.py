@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._events import TaskUpdate
+    from .sse import ServerSentEvent
 
 __all__ = [
     "AgentError",
@@ -167,7 +168,22 @@ class ProtocolError(InferenceshError):
 
 
 class SSELineTooLongError(ProtocolError):
-    """An SSE line grew past the decoder's `max_line_bytes` bound."""
+    """An SSE line grew past the decoder's `max_line_bytes` bound.
+
+    `events` holds the events the same `feed` call completed before the long line, so nothing
+    before it is lost.
+    """
+
+    events: list[ServerSentEvent]
+
+    def __init__(
+        self,
+        message: str = "an SSE line exceeded max_line_bytes",
+        *,
+        events: list[ServerSentEvent] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.events = list(events) if events is not None else []
 
 
 class RetriesExhaustedError(InferenceshError):
@@ -246,8 +262,9 @@ def status_error(
 ) -> APIStatusError:
     """Build the most specific `APIStatusError` for an HTTP error answer.
 
-    The message is read from problem+json (`detail`, `title`), the legacy `error.message` or
-    `message`, and falls back to the first 500 characters of the body.
+    The message is the first of problem+json `detail`, the legacy `error.message` (more specific
+    than a generic `title`), `title` and `message`; failing those, the first 500 characters of
+    the body, then the HTTP reason phrase.
     """
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     decoded: Any = None
@@ -265,7 +282,10 @@ def status_error(
     else:
         cls = BadRequestError
     return cls(
-        status, message, code=code, body=decoded if decoded is not None else text,
+        status,
+        message,
+        code=code,
+        body=decoded if decoded is not None else text,
         retry_after=retry_after,
     )
 
@@ -276,7 +296,12 @@ def _problem_message(body: Any) -> tuple[str, str | None]:
     legacy = body.get("error")
     legacy = legacy if isinstance(legacy, Mapping) else {}
     message = ""
-    for candidate in (body.get("detail"), legacy.get("message"), body.get("title"), body.get("message")):
+    for candidate in (
+        body.get("detail"),
+        legacy.get("message"),
+        body.get("title"),
+        body.get("message"),
+    ):
         if isinstance(candidate, str) and candidate:
             message = candidate
             break

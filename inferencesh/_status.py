@@ -63,7 +63,7 @@ class TaskStatus(enum.StrEnum):
             return _BY_CODE.get(value, cls.UNKNOWN)
         if isinstance(value, str):
             text = value.strip().lower().replace("-", "_")
-            if text.isdigit():
+            if text.isascii() and text.isdecimal() and len(text) <= 4:
                 return _BY_CODE.get(int(text), cls.UNKNOWN)
             return _BY_NAME.get(text, cls.UNKNOWN)
         return cls.UNKNOWN

@@ -27,8 +27,9 @@ class StreamingOptions:
     Reconnects wait `retry_delay * retry_backoff ** (attempt - 1)` seconds, capped at
     `max_retry_delay`, plus up to `retry_jitter` seconds of random jitter. The server's SSE
     `retry:` hint replaces `retry_delay` as the base, and a `Retry-After` header sets a floor.
-    `max_retries` counts consecutive failed attempts: the count starts again as soon as an event
-    arrives, so a long task on a flaky network never runs out of retries while it progresses.
+    `max_retries` counts consecutive failed attempts: the count starts again as soon as a
+    connection delivers something new, so a long task on a flaky network never runs out of
+    retries while it progresses, and a server that only repeats itself is not retried forever.
 
     `connect_timeout` bounds opening a connection. `idle_timeout` bounds the silence on an open
     stream (no byte at all, heartbeats included) before it counts as dropped. There is no cap

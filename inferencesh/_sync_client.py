@@ -176,6 +176,11 @@ class Inference:
         """The API's base URL this client talks to."""
         return self._async.base_url
 
+    @property
+    def streaming_options(self) -> StreamingOptions:
+        """The options streams use when a call passes none."""
+        return self._async.streaming_options
+
     # -- the loop thread ----------------------------------------------------------------------
 
     def _get_portal(self) -> BlockingPortal:

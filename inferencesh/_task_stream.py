@@ -1,16 +1,13 @@
-"""The streaming core: read a task's stream, reconnect on failure, and yield only what is new.
+"""Task streams: what is new in each payload of a task's stream.
 
-One connection is read in `StreamingOptions.chunk_size` reads and framed by the SSE decoder (or
-by newlines for NDJSON). A `_Tracker` remembers what the consumer was already given, so replayed
-events (SSE with `Last-Event-ID`) and fresh snapshots (servers that do not replay) both yield
-nothing twice, log lines come exactly once and in order, and a status never goes backwards.
+`TaskTracker` remembers what the consumer was already given, so replayed events (SSE with
+`Last-Event-ID`) and fresh snapshots (servers that do not replay) both yield nothing twice,
+log lines come exactly once and in order, and a status never goes backwards.
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -20,42 +17,26 @@ import attrs
 
 from ._converters import structure_task
 from ._events import TaskUpdate
-from ._exceptions import (
-    APIStatusError,
-    ProtocolError,
-    RetriesExhaustedError,
-    SSELineTooLongError,
-    StreamInterruptedError,
-    TransportError,
-)
+from ._exceptions import ProtocolError
+from ._resumable import resumable_stream
 from ._status import TaskStatus
-from ._streaming import StreamingOptions, compute_backoff
-from ._transport import StreamResponse, Transport
-from .sse import SSEDecoder
+from ._streaming import StreamingOptions
+from ._transport import Transport
 
-__all__ = ["stream_task_updates"]
+__all__ = ["TaskTracker", "merge_delta", "stream_task_updates"]
 
 logger = logging.getLogger("inferencesh.stream")
 
-_loads: Callable[[str | bytes], Any]
-try:  # orjson is an optional speed-up; both give the same values for JSON text.
-    import orjson
-
-    _loads = orjson.loads
-    _DECODE_ERRORS: tuple[type[Exception], ...] = (orjson.JSONDecodeError, ValueError)
-except ImportError:  # pragma: no cover - exercised when the speedups extra is absent
-    _loads = json.loads
-    _DECODE_ERRORS = (ValueError,)
-
-ACCEPT = "text/event-stream, application/x-ndjson;q=0.9"
 _NOTHING: Any = object()
 
 
-class _Tracker:
+class TaskTracker:
     """What the consumer of one task's stream has been given so far, across connections."""
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
+        self.path = f"/tasks/{quote(task_id, safe='')}/stream"
+        self.label = f"task {task_id}"
         self.status = TaskStatus.UNKNOWN
         self.logs_seen = 0
         self.progress: Any = None
@@ -63,16 +44,24 @@ class _Tracker:
         self.delta: dict[str, Any] = {}
         self.last_event_id = ""
         self.server_retry: float | None = None
-        self.events_received = 0
         self.final: TaskUpdate | None = None
 
-    def absorb(self, obj: Any) -> TaskUpdate | None:
+    @property
+    def finished(self) -> bool:
+        """Whether the terminal update has been produced."""
+        return self.final is not None
+
+    def absorb(self, payload: Any) -> list[TaskUpdate]:
+        """Fold one decoded payload in; return the update to yield, if anything is new."""
+        update = self.absorb_one(payload)
+        return [] if update is None else [update]
+
+    def absorb_one(self, obj: Any) -> TaskUpdate | None:
         """Fold one decoded payload in; return the update to yield, or None if nothing is new."""
         if not isinstance(obj, Mapping):
             raise ProtocolError(f"stream payload must be a JSON object, got {type(obj).__name__}")
         if obj.get("type") == "heartbeat":
             return None
-        self.events_received += 1
         event = obj.get("event")
         if event == "delta":
             return self._absorb_delta(obj)
@@ -163,91 +152,6 @@ def merge_delta(state: dict[str, Any], delta: Mapping[str, Any]) -> None:
             state[key] = value
 
 
-class _LineFramer:
-    """Splits an NDJSON body into lines, bounded like the SSE decoder."""
-
-    def __init__(self, max_line_bytes: int) -> None:
-        self._max = max_line_bytes
-        self._pending: list[bytes] = []
-        self._pending_len = 0
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        lines = chunk.split(b"\n")
-        tail = lines.pop()
-        if lines and self._pending:
-            lines[0] = b"".join(self._pending) + lines[0]
-            self._pending.clear()
-            self._pending_len = 0
-        if tail:
-            self._pending.append(tail)
-            self._pending_len += len(tail)
-        if self._pending_len > self._max or any(len(line) > self._max for line in lines):
-            raise ProtocolError(f"an NDJSON line is longer than {self._max} bytes")
-        return [line for line in lines if line.strip()]
-
-
-async def _read_connection(
-    transport: Transport, tracker: _Tracker, options: StreamingOptions
-) -> AsyncIterator[TaskUpdate]:
-    headers = {"Accept": ACCEPT, "Cache-Control": "no-cache"}
-    if tracker.last_event_id:
-        headers["Last-Event-ID"] = tracker.last_event_id
-    async with transport.stream(
-        f"/tasks/{quote(tracker.task_id, safe='')}/stream",
-        headers=headers,
-        connect_timeout=options.connect_timeout,
-        idle_timeout=options.idle_timeout,
-    ) as resp:
-        sse = resp.content_type == "text/event-stream"
-        decoder = SSEDecoder(max_line_bytes=options.max_line_bytes) if sse else None
-        framer = None if sse else _LineFramer(options.max_line_bytes)
-        while True:
-            chunk = await resp.read(options.chunk_size)
-            if not chunk:
-                return
-            frames, error = _frames(decoder, framer, chunk, tracker)
-            for raw, event_id in frames:
-                try:
-                    payload = _loads(raw)
-                except _DECODE_ERRORS as exc:
-                    raise ProtocolError(f"stream event is not valid JSON: {raw[:80]!r}") from exc
-                update = tracker.absorb(payload)
-                if event_id is not None:
-                    tracker.last_event_id = event_id
-                if update is None:
-                    continue
-                if tracker.final is not None:
-                    _finish(resp)
-                yield update
-                if tracker.final is not None:
-                    return
-            if error is not None:
-                # Everything before the oversized line was delivered above; now fail.
-                raise error
-
-
-def _finish(resp: StreamResponse) -> None:
-    # The task is over: release the connection before handing out the last update, so a
-    # consumer that returns right after it leaves nothing open.
-    resp.close()
-
-
-def _frames(
-    decoder: SSEDecoder | None, framer: _LineFramer | None, chunk: bytes, tracker: _Tracker
-) -> tuple[list[tuple[str | bytes, str | None]], SSELineTooLongError | None]:
-    if framer is not None:
-        return [(line, None) for line in framer.feed(chunk)], None
-    assert decoder is not None
-    error: SSELineTooLongError | None = None
-    try:
-        events = decoder.feed(chunk)
-    except SSELineTooLongError as exc:
-        events, error = exc.events, exc
-    if decoder.retry is not None:
-        tracker.server_retry = decoder.retry / 1000
-    return [(e.data, e.id) for e in events if e.data], error
-
-
 async def stream_task_updates(
     transport: Transport,
     task_id: str,
@@ -259,54 +163,13 @@ async def stream_task_updates(
     """Yield a task's updates until it is terminal, reconnecting and resuming as needed.
 
     `seed` is a task payload already in hand (the answer of `POST /apps/run`); it is yielded
-    first. Retryable failures (network, 429, 5xx, a stream that ends before the task does) are
-    retried with backoff; `RetriesExhaustedError` ends a run of `max_retries` failures in a
-    row, chained to the last one. 4xx answers and protocol errors raise at once.
+    first. Failures are handled as `resumable_stream` describes.
     """
-    tracker = _Tracker(task_id)
+    tracker = TaskTracker(task_id)
     if seed is not None:
-        first = tracker.absorb(seed)
-        if first is not None:
-            yield first
-        if tracker.final is not None:
+        for update in tracker.absorb(seed):
+            yield update
+        if tracker.finished:
             return
-    failures = 0
-    while True:
-        before = tracker.events_received
-        retry_after: float | None = None
-        try:
-            async for update in _read_connection(transport, tracker, options):
-                yield update
-            if tracker.final is not None:
-                return
-            error: BaseException = StreamInterruptedError(
-                "the server ended the stream before the task finished"
-            )
-        except APIStatusError as exc:
-            if not exc.retryable:
-                raise
-            error, retry_after = exc, exc.retry_after
-        except TransportError as exc:
-            error = exc
-        if tracker.events_received > before:
-            failures = 0
-        failures += 1
-        if failures > options.max_retries:
-            raise RetriesExhaustedError(
-                f"gave up on task {task_id} after {failures - 1} reconnect attempts: {error}",
-                attempts=failures - 1,
-            ) from error
-        delay = compute_backoff(
-            options, failures, server_retry=tracker.server_retry, retry_after=retry_after
-        )
-        logger.info(
-            "stream of task %s interrupted (%s); reconnect %d/%d in %.2fs",
-            task_id,
-            error,
-            failures,
-            options.max_retries,
-            delay,
-        )
-        if on_reconnect is not None:
-            on_reconnect(failures, delay, error)
-        await asyncio.sleep(delay)
+    async for update in resumable_stream(transport, tracker, options, on_reconnect=on_reconnect):
+        yield update

@@ -1,0 +1,209 @@
+"""Resumable streams: read one connection, reconnect on failure, hand payloads to a tracker.
+
+The same machinery serves task streams and agent chat streams. A connection is read in
+`StreamingOptions.chunk_size` reads and framed by the SSE decoder, or by newlines when the
+server answers NDJSON. Each JSON payload goes to a `Tracker`, which knows the resource and
+decides what is new; this module knows only bytes, framing, and when and how to reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from ._exceptions import (
+    APIStatusError,
+    ProtocolError,
+    RetriesExhaustedError,
+    SSELineTooLongError,
+    StreamInterruptedError,
+    TransportError,
+)
+from ._streaming import StreamingOptions, compute_backoff
+from ._transport import Transport
+from .sse import SSEDecoder
+
+__all__ = ["ACCEPT", "Tracker", "resumable_stream"]
+
+logger = logging.getLogger("inferencesh.stream")
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+loads: Callable[[str | bytes], Any]
+try:  # orjson is an optional speed-up; both give the same values for JSON text.
+    import orjson
+
+    loads = orjson.loads
+    _DECODE_ERRORS: tuple[type[Exception], ...] = (orjson.JSONDecodeError, ValueError)
+except ImportError:  # pragma: no cover - exercised when the speedups extra is absent
+    loads = json.loads
+    _DECODE_ERRORS = (ValueError,)
+
+# SSE first (it can resume); NDJSON is what the hosted API's official clients ask for.
+ACCEPT = "text/event-stream, application/x-ndjson;q=0.9"
+
+
+class Tracker(Protocol[T_co]):
+    """What a resumable stream needs to know about the resource it follows."""
+
+    path: str
+    """The stream's URL path, relative to the base URL."""
+    label: str
+    """How log messages and errors name the resource, e.g. "task task_1"."""
+    last_event_id: str
+    """The last SSE event id received; sent back as `Last-Event-ID` on reconnect."""
+    server_retry: float | None
+    """The server's SSE `retry:` hint, in seconds."""
+
+    @property
+    def finished(self) -> bool:
+        """Whether the resource has ended, so the stream must stop."""
+
+    def absorb(self, payload: Any) -> Sequence[T_co]:
+        """Fold one decoded payload in and return what is new for the consumer."""
+
+
+class _LineFramer:
+    """Splits an NDJSON body into lines, bounded like the SSE decoder."""
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self._max = max_line_bytes
+        self._pending: list[bytes] = []
+        self._pending_len = 0
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        lines = chunk.split(b"\n")
+        tail = lines.pop()
+        if lines and self._pending:
+            lines[0] = b"".join(self._pending) + lines[0]
+            self._pending.clear()
+            self._pending_len = 0
+        if tail:
+            self._pending.append(tail)
+            self._pending_len += len(tail)
+        if self._pending_len > self._max or any(len(line) > self._max for line in lines):
+            raise ProtocolError(f"an NDJSON line is longer than {self._max} bytes")
+        return [line for line in lines if line.strip()]
+
+
+def _frames(
+    decoder: SSEDecoder | None, framer: _LineFramer | None, chunk: bytes, tracker: Tracker[Any]
+) -> tuple[list[tuple[str | bytes, str | None]], SSELineTooLongError | None]:
+    if framer is not None:
+        return [(line, None) for line in framer.feed(chunk)], None
+    assert decoder is not None
+    error: SSELineTooLongError | None = None
+    try:
+        events = decoder.feed(chunk)
+    except SSELineTooLongError as exc:
+        events, error = exc.events, exc
+    if decoder.retry is not None:
+        tracker.server_retry = decoder.retry / 1000
+    return [(e.data, e.id) for e in events if e.data], error
+
+
+async def _read_connection(
+    transport: Transport, tracker: Tracker[T], options: StreamingOptions
+) -> AsyncIterator[T]:
+    headers = {"Accept": ACCEPT, "Cache-Control": "no-cache"}
+    if tracker.last_event_id:
+        headers["Last-Event-ID"] = tracker.last_event_id
+    async with transport.stream(
+        tracker.path,
+        headers=headers,
+        connect_timeout=options.connect_timeout,
+        idle_timeout=options.idle_timeout,
+    ) as resp:
+        sse = resp.content_type == "text/event-stream"
+        decoder = SSEDecoder(max_line_bytes=options.max_line_bytes) if sse else None
+        framer = None if sse else _LineFramer(options.max_line_bytes)
+        while True:
+            chunk = await resp.read(options.chunk_size)
+            if not chunk:
+                return
+            frames, error = _frames(decoder, framer, chunk, tracker)
+            for raw, event_id in frames:
+                try:
+                    payload = loads(raw)
+                except _DECODE_ERRORS as exc:
+                    raise ProtocolError(f"stream event is not valid JSON: {raw[:80]!r}") from exc
+                items = tracker.absorb(payload)
+                if event_id is not None:
+                    tracker.last_event_id = event_id
+                if not items:
+                    continue
+                if tracker.finished:
+                    # Release the connection before handing out the last items, so a consumer
+                    # that returns right after them leaves nothing open.
+                    resp.close()
+                for item in items:
+                    yield item
+                if tracker.finished:
+                    return
+            if error is not None:
+                # Everything before the oversized line was delivered above; now fail.
+                raise error
+
+
+async def resumable_stream(
+    transport: Transport,
+    tracker: Tracker[T],
+    options: StreamingOptions,
+    *,
+    on_reconnect: Callable[[int, float, BaseException], None] | None = None,
+) -> AsyncIterator[T]:
+    """Yield what `tracker` finds new until it is finished, reconnecting as needed.
+
+    Retryable failures (network, idle timeout, 429, 5xx, a stream that ends before the resource
+    does) are retried with backoff, resuming with `Last-Event-ID`. `RetriesExhaustedError` ends
+    `max_retries` failures in a row, chained to the last one. Other 4xx answers and protocol
+    errors raise at once.
+    """
+    failures = 0
+    while True:
+        progressed = False
+        retry_after: float | None = None
+        try:
+            async for item in _read_connection(transport, tracker, options):
+                progressed = True
+                yield item
+            if tracker.finished:
+                return
+            error: BaseException = StreamInterruptedError(
+                f"the server ended the stream before the {tracker.label} finished"
+            )
+        except APIStatusError as exc:
+            if not exc.retryable:
+                raise
+            error, retry_after = exc, exc.retry_after
+        except TransportError as exc:
+            error = exc
+        if progressed:
+            # Something new got through, so the connection was healthy: start counting afresh.
+            # A reconnect that only repeats known state does not count, or a server that keeps
+            # answering with nothing new would be retried forever.
+            failures = 0
+        failures += 1
+        if failures > options.max_retries:
+            raise RetriesExhaustedError(
+                f"gave up on the {tracker.label} after {failures - 1} reconnect attempts: {error}",
+                attempts=failures - 1,
+            ) from error
+        delay = compute_backoff(
+            options, failures, server_retry=tracker.server_retry, retry_after=retry_after
+        )
+        logger.info(
+            "stream of the %s interrupted (%s); reconnect %d/%d in %.2fs",
+            tracker.label,
+            error,
+            failures,
+            options.max_retries,
+            delay,
+        )
+        if on_reconnect is not None:
+            on_reconnect(failures, delay, error)
+        await asyncio.sleep(delay)
