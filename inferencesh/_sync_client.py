@@ -88,33 +88,15 @@ class SyncStream(Iterator[T]):
     """
 
     def __init__(self, client: Inference, make_source: Callable[[], AsyncIterator[T]]) -> None:
-        self._client = client
-        self._make_source = make_source
-        self._gen = self._iterate()
+        # The generator must not refer back to this object: a cycle would keep the connection
+        # open after `break` until the cyclic garbage collector happened to run.
+        self._gen = _iterate(client, make_source)
 
     def __iter__(self) -> Iterator[T]:
         return self._gen
 
     def __next__(self) -> T:
         return next(self._gen)
-
-    def _iterate(self) -> Generator[T, None, None]:
-        client = self._client
-        pump = client._call(self._start)
-        try:
-            while True:
-                for kind, value in client._call(pump.next_batch):
-                    if kind == _ITEM:
-                        yield value
-                    elif kind == _ERROR:
-                        raise value
-                    else:
-                        return
-        finally:
-            client._call(pump.aclose, closing=True)
-
-    async def _start(self) -> _Pump[T]:
-        return _Pump(self._make_source())
 
     def close(self) -> None:
         """Stop iterating and close the connection now."""
@@ -130,6 +112,26 @@ class SyncStream(Iterator[T]):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _iterate(
+    client: Inference, make_source: Callable[[], AsyncIterator[T]]
+) -> Generator[T, None, None]:
+    async def start() -> _Pump[T]:
+        return _Pump(make_source())
+
+    pump = client._call(start)
+    try:
+        while True:
+            for kind, value in client._call(pump.next_batch):
+                if kind == _ITEM:
+                    yield value
+                elif kind == _ERROR:
+                    raise value
+                else:
+                    return
+    finally:
+        client._call(pump.aclose, closing=True)
 
 
 class Inference:
