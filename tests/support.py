@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from inferencesh import StreamingOptions
-from inferencesh.local import Emulator, EmulatorOptions, serve_in_thread
+from inferencesh.local import Emulator, EmulatorOptions
 
 SEED = Path(__file__).with_name("seed_streaming_reference.md")
 
@@ -41,19 +38,6 @@ def fast_emulator(**overrides: object) -> Emulator:
     }
     settings.update(overrides)
     return Emulator(EmulatorOptions(**settings))  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def emu() -> Emulator:
-    """A fresh, fast emulator (not yet serving)."""
-    return fast_emulator()
-
-
-@pytest.fixture
-def server(emu: Emulator) -> Iterator[str]:
-    """The base URL of `emu`, served on a loopback port from a background thread."""
-    with serve_in_thread(emu) as url:
-        yield url
 
 
 def sdk_threads() -> list[threading.Thread]:

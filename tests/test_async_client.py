@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 import pytest
+from support import FAST, fast_emulator, seed_examples
 
 import inferencesh
 from inferencesh import (
@@ -31,7 +32,6 @@ from inferencesh import (
     async_inference,
 )
 from inferencesh.local import Emulator, serve_in_thread
-from support import FAST, emu, fast_emulator, seed_examples, server  # noqa: F401
 
 pytestmark = pytest.mark.anyio
 
@@ -290,9 +290,13 @@ async def test_idle_timeout_counts_as_drop() -> None:
             created = await client.run({"app": "x/y", "input": {"sim": {"hold": True}}}, wait=False)
             options = StreamingOptions(idle_timeout=0.2, max_retries=2, retry_delay=0)
             seen: list[TaskUpdate] = []
-            with pytest.raises(RetriesExhaustedError) as info:
+
+            async def consume() -> None:
                 async for update in client.stream_task(created.id, options):
                     seen.append(update)
+
+            with pytest.raises(RetriesExhaustedError) as info:
+                await consume()
             await client.cancel_task(created.id)
     assert isinstance(info.value.__cause__, IdleTimeoutError)
     assert 3 == emu.streams_opened

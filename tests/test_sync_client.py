@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support import FAST, sdk_threads, seed_examples
 
 import inferencesh
 from inferencesh import (
@@ -29,7 +30,6 @@ from inferencesh import (
     inference,
 )
 from inferencesh.local import Emulator
-from support import FAST, emu, sdk_threads, seed_examples, server  # noqa: F401
 
 SIM = {"app": "infsh/flux-schnell", "input": {"prompt": "A sunset timelapse"}}
 HOLD = {"app": "x/y", "input": {"sim": {"hold": True}}}
@@ -125,11 +125,16 @@ def test_break_closes_connection_and_client_stays_usable(client: Inference, emu:
 def test_keyboard_interrupt_in_loop_body(client: Inference, emu: Emulator) -> None:
     """KeyboardInterrupt raised in the body propagates and closes the connection."""
     task_id = None
-    with pytest.raises(KeyboardInterrupt):
+
+    def consume() -> None:
+        nonlocal task_id
         for update in client.run(HOLD, stream=True):
             task_id = update.id
             if update.status == "running":
                 raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        consume()
     assert emu.wait_until(lambda e: e.open_streams == 0, timeout=5)
     assert task_id is not None
     client.cancel_task(task_id)
