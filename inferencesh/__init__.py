@@ -7,6 +7,7 @@ offline development and tests.
 
 from __future__ import annotations
 
+from ._agent import AsyncAgent, ChatMessage, MessageEvent, ToolCall
 from ._async_client import AsyncInference, TaskStream, async_inference
 from ._events import Progress, TaskUpdate
 from ._exceptions import (
@@ -37,22 +38,26 @@ from ._exceptions import (
 )
 from ._status import TaskStatus
 from ._streaming import StreamingOptions
-from ._sync_client import Inference, SyncStream, inference
+from ._sync_client import Agent, Inference, SyncStream, inference
 from ._version import __version__
 
 __all__ = [
+    "Agent",
     "AgentError",
     "APIStatusError",
     "async_inference",
+    "AsyncAgent",
     "AsyncInference",
     "AuthenticationError",
     "BadRequestError",
+    "ChatMessage",
     "ConflictError",
     "ConnectError",
     "IdleTimeoutError",
     "Inference",
     "inference",
     "InferenceshError",
+    "MessageEvent",
     "NotFoundError",
     "Progress",
     "ProtocolError",
@@ -72,6 +77,7 @@ __all__ = [
     "TaskStream",
     "TaskTimeoutError",
     "TaskUpdate",
+    "ToolCall",
     "ToolCallError",
     "TransportError",
     "UsageError",

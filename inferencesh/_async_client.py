@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import attrs
 
+from ._agent import AsyncAgent
 from ._converters import structure_task
 from ._events import TaskUpdate
 from ._exceptions import (
@@ -213,6 +214,15 @@ class AsyncInference:
         """Attach to an existing task's stream; the first update is its current state."""
         _quote_id(task_id)
         return TaskStream(stream_task_updates(self._transport, task_id, options or self._options))
+
+    def agent(
+        self, ref: str, *, chat_id: str | None = None, options: StreamingOptions | None = None
+    ) -> AsyncAgent:
+        """A conversation with the agent `ref` (e.g. "my-org/assistant@latest").
+
+        Pass `chat_id` to continue an existing chat; otherwise the first message starts one.
+        """
+        return AsyncAgent(self, ref, chat_id=chat_id, options=options)
 
     async def wait_for_completion(self, task_id: str, timeout: float | None = None) -> TaskUpdate:
         """Wait for the task to end and return its final state, with every log line.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import inspect
 import os
 import threading
 import weakref
@@ -22,12 +23,21 @@ from typing import Any, Generic, Literal, Self, TypeVar, overload
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from ._agent import (
+    AgentEvent,
+    AsyncAgent,
+    ChatMessage,
+    MessageCallback,
+    ToolCallCallback,
+    dispatch,
+    require_final,
+)
 from ._async_client import AsyncInference, Params
 from ._events import TaskUpdate
-from ._exceptions import UsageError
+from ._exceptions import ToolCallError, UsageError
 from ._streaming import StreamingOptions
 
-__all__ = ["Inference", "SyncStream", "inference"]
+__all__ = ["Agent", "Inference", "SyncStream", "inference"]
 
 T = TypeVar("T")
 
@@ -298,9 +308,72 @@ class Inference:
         self._async.stream_task(task_id, options)  # validates arguments before any I/O
         return SyncStream(self, lambda: self._async.stream_task(task_id, options))
 
+    def agent(
+        self, ref: str, *, chat_id: str | None = None, options: StreamingOptions | None = None
+    ) -> Agent:
+        """A conversation with the agent `ref`; see `AsyncInference.agent`."""
+        return Agent(self, self._async.agent(ref, chat_id=chat_id, options=options))
+
     def wait_for_completion(self, task_id: str, timeout: float | None = None) -> TaskUpdate:
         """Wait for the task to end; see `AsyncInference.wait_for_completion`."""
         return self._call(self._async.wait_for_completion, task_id, timeout)
+
+
+class Agent:
+    """A blocking conversation with an agent; see `AsyncAgent`.
+
+    Callbacks run in the calling thread while the stream is read on the client's loop thread,
+    so a callback may call `submit_tool_result` or any other client method.
+    """
+
+    def __init__(self, client: Inference, agent: AsyncAgent) -> None:
+        self._client = client
+        self._async = agent
+
+    def __repr__(self) -> str:
+        return f"<Agent {self._async.ref!r} chat_id={self.chat_id!r}>"
+
+    @property
+    def chat_id(self) -> str | None:
+        """The chat this agent talks in; set by the first message."""
+        return self._async.chat_id
+
+    def stream(self, text: str) -> SyncStream[AgentEvent]:
+        """Send `text` and iterate what happens; see `AsyncAgent.stream`."""
+        return SyncStream(self._client, lambda: self._async.stream(text))
+
+    def send_message(
+        self,
+        text: str,
+        *,
+        on_message: MessageCallback | None = None,
+        on_tool_call: ToolCallCallback | None = None,
+    ) -> ChatMessage:
+        """Send `text`, run the callbacks here as the answer streams; see `AsyncAgent`."""
+        final: ChatMessage | None = None
+        with self.stream(text) as events:
+            for event in events:
+                if isinstance(event, ChatMessage):
+                    final = event
+                    continue
+                try:
+                    if inspect.isawaitable(dispatch(event, on_message, on_tool_call)):
+                        raise UsageError("the blocking agent takes plain callbacks, not async ones")
+                except ToolCallError:
+                    self._stop_after_failure()
+                    raise
+        return require_final(final, self.chat_id)
+
+    def _stop_after_failure(self) -> None:
+        self._client._call(self._async._stop_after_failure)
+
+    def submit_tool_result(self, call_id: str, result: Any) -> None:
+        """Answer a client tool call; see `AsyncAgent.submit_tool_result`."""
+        self._client._call(self._async.submit_tool_result, call_id, result)
+
+    def stop(self) -> None:
+        """Stop the agent's current run; see `AsyncAgent.stop`."""
+        self._client._call(self._async.stop)
 
 
 def inference(
