@@ -1,0 +1,211 @@
+"""The `inferencesh` command line: `inferencesh <command> ...` or `python -m inferencesh ...`.
+
+Each subcommand is a function that adds its parser to the subparsers (`_add_serve`) and sets
+`handler`, the function that runs it and returns the exit code; add a command by writing a
+new `_add_<name>` function and listing it in `_COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .local import Emulator
+
+__all__ = ["main"]
+
+_Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 for usage errors)."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help (0) and on usage errors (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    handler: _Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        return _usage_error(parser, "a command is required")
+    return handler(args)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inferencesh", description="Run AI apps on inference.sh and watch them live."
+    )
+    commands = parser.add_subparsers(title="commands", metavar="<command>")
+    for add in _COMMANDS:
+        add(commands)
+    return parser
+
+
+# -- argument types ---------------------------------------------------------------------------
+
+
+def _port(text: str) -> int:
+    value = _int_at_least(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {text!r}")
+    return value
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _error_status(text: str) -> int:
+    value = _int_at_least(400)(text)
+    if value > 599:
+        raise argparse.ArgumentTypeError(f"expected an HTTP error status 400-599, got {text!r}")
+    return value
+
+
+# -- serve ----------------------------------------------------------------------------------------
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="run the local emulator of the inference.sh API",
+        description="Run the local emulator of the inference.sh task API until SIGINT/SIGTERM.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=_port, default=0, help="port (default 0: a free port)")
+    parser.add_argument("--api-key", help="accept only this API key (default: any non-empty key)")
+    parser.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        metavar="NS/NAME=MODULE:FUNCTION",
+        help="register a local app: async def app(input, ctx) (repeatable)",
+    )
+    parser.add_argument("--strict-apps", action="store_true", help="unregistered apps get 404")
+    parser.add_argument("--sim-steps", type=_int_at_least(1), default=10, metavar="N")
+    parser.add_argument("--sim-step-delay", type=_seconds, default=0.08, metavar="SECONDS")
+    parser.add_argument(
+        "--heartbeat-interval", type=_positive_seconds, default=10.0, metavar="SECONDS"
+    )
+    faults = parser.add_argument_group("fault injection (off by default)")
+    faults.add_argument(
+        "--drop-after",
+        type=_int_at_least(1),
+        metavar="N",
+        help="cut every stream connection abruptly after N events",
+    )
+    faults.add_argument(
+        "--fail-next",
+        type=_int_at_least(0),
+        default=0,
+        metavar="K",
+        help="answer the next K requests with --fail-status",
+    )
+    faults.add_argument("--fail-status", type=_error_status, default=503, metavar="S")
+    faults.add_argument("--retry-after", type=_seconds, metavar="SECONDS")
+    faults.add_argument(
+        "--delay", type=_seconds, default=0.0, metavar="SECONDS", help="delay every response"
+    )
+    parser.set_defaults(handler=_serve, parser=parser)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .local import Emulator, EmulatorOptions
+    from .local._apps import load_app
+
+    parser: argparse.ArgumentParser = args.parser
+    apps = {}
+    for spec in args.app:
+        try:
+            ref, fn = load_app(spec)
+        except ValueError as exc:
+            return _usage_error(parser, f"--app: {exc}")
+        apps[ref] = fn
+    try:
+        options = EmulatorOptions(
+            api_key=args.api_key,
+            sim_steps=args.sim_steps,
+            sim_step_delay=args.sim_step_delay,
+            strict_apps=args.strict_apps,
+            heartbeat_interval=args.heartbeat_interval,
+            drop_after=args.drop_after,
+            delay=args.delay,
+            apps=apps,
+        )
+    except (TypeError, ValueError) as exc:
+        return _usage_error(parser, str(exc))
+    emulator = Emulator(options)
+    if args.fail_next:
+        emulator.faults.fail_next(
+            args.fail_next, status=args.fail_status, retry_after=args.retry_after
+        )
+    try:
+        asyncio.run(_serve_until_signalled(emulator, args.host, args.port))
+    except KeyboardInterrupt:  # a signal before the handlers were installed, or on Windows
+        return 0
+    except OSError as exc:  # e.g. the port is taken
+        print(f"inferencesh serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+    parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+async def _serve_until_signalled(emulator: Emulator, host: str, port: int) -> None:
+    from .local import serve
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        async with serve(emulator, host=host, port=port) as url:
+            print(f"inferencesh emulator listening on {url}", flush=True)
+            await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _add_serve,
+]

@@ -1,0 +1,33 @@
+"""`inferencesh.local`: a local emulator of the hosted inference.sh task API.
+
+It speaks the hosted API's wire protocol (envelope, problem+json errors, the task status flow,
+NDJSON streams) plus our SSE extensions (event ids, `Last-Event-ID` resume, `retry:`), so both the
+official clients and ours can run against it offline. Unregistered apps run a simulated app;
+fault injection (`Emulator.faults`) lets tests cut streams and force error answers.
+
+```python
+from inferencesh.local import Emulator, EmulatorOptions, serve
+
+async with serve(EmulatorOptions(sim_steps=3)) as url:
+    ...  # POST {url}/apps/run, GET {url}/tasks/{id}/stream
+```
+
+From a shell: `python -m inferencesh serve --port 8080`.
+"""
+
+from __future__ import annotations
+
+from ._apps import AppContext
+from ._emulator import Emulator
+from ._options import AppFunction, EmulatorOptions, Faults
+from ._server import serve, serve_in_thread
+
+__all__ = [
+    "AppContext",
+    "AppFunction",
+    "Emulator",
+    "EmulatorOptions",
+    "Faults",
+    "serve",
+    "serve_in_thread",
+]

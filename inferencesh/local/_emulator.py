@@ -1,0 +1,214 @@
+"""The `Emulator`: the state behind one local server, and what tests can observe of it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from ._apps import AppRegistry, SimSettings, simulated_app
+from ._hub import ChangeHub
+from ._options import AppFunction, EmulatorOptions, Faults
+from ._streaming import Connection
+from ._tasks import Task, TaskStore
+
+__all__ = ["Emulator"]
+
+_HOUSEKEEPING_MAX_INTERVAL = 30.0
+
+
+class Emulator:
+    """A local, in-memory stand-in for the hosted task API.
+
+    Create it, optionally register apps, then serve `make_app()` (or use `serve` /
+    `serve_in_thread`). State lives on the serving event loop; the counters, `task_snapshot`
+    and the wait helpers are safe to use from any thread. Serve one application at a time.
+    """
+
+    def __init__(self, options: EmulatorOptions | None = None) -> None:
+        self.options = options if options is not None else EmulatorOptions()
+        self.faults = Faults(drop_after=self.options.drop_after, delay=self.options.delay)
+        self.apps = AppRegistry(self.options.apps)
+        self._hub = ChangeHub()
+        self.tasks = TaskStore(
+            self._hub,
+            ttl=self.options.finished_task_ttl,
+            max_finished=self.options.max_finished_tasks,
+        )
+        self._connections: set[Connection] = set()
+        self._streams_opened = 0
+        self._stopping = False
+        self._housekeeper: asyncio.Task[None] | None = None
+        self._housekeeping_wakeup: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"<Emulator tasks={len(self.tasks)} open_streams={self.open_streams}>"
+
+    # -- apps and tasks -----------------------------------------------------------------------
+
+    def register_app(self, ref: str, fn: AppFunction) -> None:
+        """Run `fn` for tasks of app `ref` (`namespace/name`, optionally `@version`)."""
+        with self._hub.lock:
+            self.apps.register(ref, fn)
+
+    def task_snapshot(self, task_id: str) -> dict[str, Any] | None:
+        """The task's current full object as the API returns it, or None if unknown/expired."""
+        with self._hub.lock:
+            task = self.tasks.get(task_id)
+            return task.to_dict() if task is not None else None
+
+    def _start_task(
+        self,
+        app: str,
+        input: dict[str, Any],
+        *,
+        fn: AppFunction | None,
+        sim: SimSettings | None,
+        session_id: str | None,
+    ) -> Task:
+        """Create a task for an app (or the simulated app when `fn` is None) and start it."""
+        task = Task(
+            app=app,
+            input=input,
+            session_id=session_id,
+            hub=self._hub,
+            max_events=self.options.max_events_per_task,
+            on_finished=self._task_finished,
+        )
+        self.tasks.add(task)
+        hold_at = None
+        if fn is None:
+            settings = sim or SimSettings(
+                steps=self.options.sim_steps, step_delay=self.options.sim_step_delay
+            )
+            hold_at = settings.hold_at
+
+            async def run_simulated(data: dict[str, Any], ctx: Any) -> Any:
+                return await simulated_app(data, ctx, settings)
+
+            fn = run_simulated
+        runner = asyncio.get_running_loop().create_task(
+            task.run(fn, transition_delay=self.options.transition_delay, hold_at=hold_at),
+            name=f"inferencesh.local {task.id}",
+        )
+        task.runner = runner
+        runner.add_done_callback(task.runner_done)
+        return task
+
+    def _task_finished(self, task: Task) -> None:
+        self.tasks.mark_finished(task)
+        if self._housekeeping_wakeup is not None:
+            self._housekeeping_wakeup.set()
+
+    # -- streams ---------------------------------------------------------------------------
+
+    @property
+    def open_streams(self) -> int:
+        """Stream connections whose handler has not finished yet."""
+        with self._hub.lock:
+            return len(self._connections)
+
+    @property
+    def streams_opened(self) -> int:
+        """Stream connections accepted since the emulator was created."""
+        with self._hub.lock:
+            return self._streams_opened
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the server is shutting down (streams end, no new work)."""
+        return self._stopping
+
+    def stream_stats(self) -> list[dict[str, object]]:
+        """Per-connection counters of the open streams (cursor, bytes sent, buffered bytes)."""
+        with self._hub.lock:
+            return [conn.stats() for conn in self._connections]
+
+    def _connection_opened(self, conn: Connection) -> None:
+        """Count a stream connection in (called by the stream handler)."""
+        with self._hub.lock:
+            self._connections.add(conn)
+            self._streams_opened += 1
+        self._hub.notify()
+
+    def _stream_progressed(self) -> None:
+        """An open stream wrote an event: wake waiters watching `stream_stats`."""
+        self._hub.notify()
+
+    def _connection_closed(self, conn: Connection) -> None:
+        """Count a stream connection out, once its handler is done."""
+        with self._hub.lock:
+            self._connections.discard(conn)
+        self._hub.notify()
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def wait_until(self, predicate: Callable[[Emulator], bool], timeout: float = 5.0) -> bool:
+        """Block until `predicate(emulator)` holds or `timeout` passes; return whether it held.
+
+        For synchronous tests; do not call it on the emulator's own event loop.
+        """
+        return self._hub.wait_until(lambda: predicate(self), timeout)
+
+    async def async_wait_until(
+        self, predicate: Callable[[Emulator], bool], timeout: float = 5.0
+    ) -> bool:
+        """Wait, from any event loop, until `predicate(emulator)` holds; return whether it did."""
+        return await self._hub.async_wait_until(lambda: predicate(self), timeout)
+
+    # -- application lifecycle -----------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        """A fresh aiohttp application serving this emulator's API."""
+        from ._http import build_application
+
+        return build_application(self)
+
+    async def _startup(self) -> None:
+        """Bind to the running loop and start housekeeping (aiohttp on_startup)."""
+        self._stopping = False
+        self._hub.loop_thread = threading.get_ident()
+        self._housekeeping_wakeup = asyncio.Event()
+        self._housekeeper = asyncio.get_running_loop().create_task(
+            self._housekeeping(), name="inferencesh.local housekeeping"
+        )
+
+    async def _shutdown(self) -> None:
+        """End every open stream cleanly (aiohttp on_shutdown)."""
+        self._stopping = True
+        with self._hub.lock:
+            connections = list(self._connections)
+        for conn in connections:
+            conn.source.log.wake()
+
+    async def _cleanup(self) -> None:
+        """Cancel the runners and housekeeping and wait for them (aiohttp on_cleanup)."""
+        self._stopping = True
+        pending = self.tasks.runners()
+        if self._housekeeper is not None:
+            pending.append(self._housekeeper)
+        for job in pending:
+            job.cancel()
+        # Runners end as failed ("the emulator stopped") through their done callbacks.
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._housekeeper = None
+        self._housekeeping_wakeup = None
+        self._hub.loop_thread = None
+
+    async def _housekeeping(self) -> None:
+        """Expire finished tasks when their time is up (the only background job)."""
+        wakeup = self._housekeeping_wakeup
+        assert wakeup is not None
+        while True:
+            self.tasks.expire()
+            due = self.tasks.next_expiry_in()
+            wait = _HOUSEKEEPING_MAX_INTERVAL if due is None else due
+            wait = min(wait, _HOUSEKEEPING_MAX_INTERVAL)
+            wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait + 0.001):
+                    await wakeup.wait()

@@ -1,0 +1,171 @@
+"""Settings of the emulator: fixed options and runtime-settable fault injection."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from ._apps import AppContext
+
+__all__ = ["AppFunction", "EmulatorOptions", "Faults"]
+
+#: A local app: receives the task input and a context, returns the output.
+AppFunction = Callable[[dict[str, Any], "AppContext"], Awaitable[Any]]
+
+
+def _non_negative(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"{attribute.name} must be a finite number, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{attribute.name} must not be negative, got {value!r}")
+
+
+def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    _non_negative(_, attribute, value)
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _optional_count(_: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name} must be None or an integer >= 1, got {value!r}")
+
+
+def _count(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name} must be an integer >= 1, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class EmulatorOptions:
+    """How a local emulator behaves; frozen, change it with `attrs.evolve`.
+
+    The defaults make the built-in simulated app take about one second and keep faults off.
+    `drop_after` and `delay` are only the initial values of `Emulator.faults`, which can be
+    changed while the server runs. `transition_delay` is the pause between two status changes
+    before and after the app runs (received → queued → ... → running, uploading → completed).
+    """
+
+    api_key: str | None = attrs.field(default=None, repr=False)
+    sim_steps: int = attrs.field(default=10, validator=_count)
+    sim_step_delay: float = attrs.field(default=0.08, validator=_non_negative)
+    transition_delay: float = attrs.field(default=0.02, validator=_non_negative)
+    strict_apps: bool = False
+    heartbeat_interval: float = attrs.field(default=10.0, validator=_positive)
+    retry_ms: int = attrs.field(default=1000, validator=_non_negative)
+    drop_after: int | None = attrs.field(default=None, validator=_optional_count)
+    delay: float = attrs.field(default=0.0, validator=_non_negative)
+    finished_task_ttl: float = attrs.field(default=600.0, validator=_non_negative)
+    max_finished_tasks: int = attrs.field(default=1000, validator=_count)
+    max_events_per_task: int = attrs.field(default=10_000, validator=_count)
+    apps: Mapping[str, AppFunction] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if self.api_key is not None and not self.api_key:
+            raise ValueError("api_key must be None (accept any key) or a non-empty string")
+        if isinstance(self.retry_ms, bool) or not isinstance(self.retry_ms, int):
+            raise TypeError(f"retry_ms must be an integer, got {self.retry_ms!r}")
+
+
+@attrs.frozen
+class FailureFault:
+    """One forced error answer: its HTTP status and optional Retry-After seconds."""
+
+    status: int
+    retry_after: float | None
+
+
+class Faults:
+    """Fault injection for tests, settable at any time from any thread.
+
+    `drop_after` cuts each stream connection after that many events (read when a connection
+    opens), `delay` holds every response for that many seconds, and `fail_next` answers the
+    next requests with an error status before any other handling.
+    """
+
+    def __init__(self, *, drop_after: int | None = None, delay: float = 0.0) -> None:
+        self._lock = threading.Lock()
+        self._drop_after: int | None = None
+        self._delay = 0.0
+        self._failures: list[FailureFault] = []
+        self.drop_after = drop_after
+        self.delay = delay
+
+    @property
+    def drop_after(self) -> int | None:
+        """Abort each new stream connection after this many events (None: never)."""
+        with self._lock:
+            return self._drop_after
+
+    @drop_after.setter
+    def drop_after(self, value: int | None) -> None:
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(f"drop_after must be None or an integer >= 1, got {value!r}")
+        with self._lock:
+            self._drop_after = value
+
+    @property
+    def delay(self) -> float:
+        """Seconds to wait before answering each request."""
+        with self._lock:
+            return self._delay
+
+    @delay.setter
+    def delay(self, value: float) -> None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ValueError(f"delay must be a non-negative number of seconds, got {value!r}")
+        with self._lock:
+            self._delay = float(value)
+
+    def fail_next(self, count: int, *, status: int = 503, retry_after: float | None = None) -> None:
+        """Answer the next `count` requests with `status` (problem+json), before auth.
+
+        `retry_after` (seconds) adds a `Retry-After` header. Calls add up: each queued failure
+        is used once, in order.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"count must be a non-negative integer, got {count!r}")
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+            raise ValueError(f"status must be an HTTP error status (400-599), got {status!r}")
+        if retry_after is not None and (
+            isinstance(retry_after, bool)
+            or not isinstance(retry_after, int | float)
+            or not math.isfinite(retry_after)
+            or retry_after < 0
+        ):
+            raise ValueError(f"retry_after must be a non-negative number, got {retry_after!r}")
+        fault = FailureFault(status, None if retry_after is None else float(retry_after))
+        with self._lock:
+            self._failures.extend([fault] * count)
+
+    @property
+    def pending_failures(self) -> int:
+        """How many forced error answers are still queued."""
+        with self._lock:
+            return len(self._failures)
+
+    def clear(self) -> None:
+        """Turn every fault off."""
+        with self._lock:
+            self._failures.clear()
+            self._drop_after = None
+            self._delay = 0.0
+
+    def take_failure(self) -> FailureFault | None:
+        """Use up the next queued failure, if any (called once per request)."""
+        with self._lock:
+            return self._failures.pop(0) if self._failures else None
