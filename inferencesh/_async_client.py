@@ -83,9 +83,11 @@ class TaskStream(AsyncIterator[TaskUpdate]):
 class AsyncInference:
     """Client for the inference.sh API: run apps and stream their tasks.
 
-    One connection pool per client, opened on first use inside the running event loop. Close it
-    with `async with` or `aclose()`; a client left open inside `asyncio.run(...)` is closed when
-    that loop shuts down, without warnings.
+    The key falls back to `INFERENCE_API_KEY`, the base URL to `INFERENCE_BASE_URL` and then to
+    the hosted API. One connection pool per client, opened on first use inside the running
+    event loop; `max_connections=None` leaves it unbounded, so fan-outs of thousands of streams
+    are not throttled. Close it with `async with` or `aclose()`; a client left open inside
+    `asyncio.run(...)` is closed when that loop shuts down, without warnings.
     """
 
     def __init__(
@@ -277,26 +279,5 @@ def _quote_id(task_id: str) -> str:
     return quote(task_id, safe="")
 
 
-def async_inference(
-    api_key: str | None = None,
-    *,
-    base_url: str | None = None,
-    timeout: float | None = 30.0,
-    max_connections: int | None = None,
-    streaming_options: StreamingOptions | None = None,
-    max_retries: int = 2,
-) -> AsyncInference:
-    """Create an `AsyncInference` client.
-
-    The key falls back to `INFERENCE_API_KEY`, the base URL to `INFERENCE_BASE_URL` and then
-    to the hosted API. `max_connections=None` leaves the pool unbounded, so fan-outs of
-    thousands of streams are not throttled.
-    """
-    return AsyncInference(
-        api_key,
-        base_url=base_url,
-        timeout=timeout,
-        max_connections=max_connections,
-        streaming_options=streaming_options,
-        max_retries=max_retries,
-    )
+async_inference = AsyncInference
+"""Create an `AsyncInference` client (the seed document's spelling of the constructor)."""

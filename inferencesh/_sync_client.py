@@ -376,24 +376,8 @@ class Agent:
         self._client._call(self._async.stop)
 
 
-def inference(
-    api_key: str | None = None,
-    *,
-    base_url: str | None = None,
-    timeout: float | None = 30.0,
-    max_connections: int | None = None,
-    streaming_options: StreamingOptions | None = None,
-    max_retries: int = 2,
-) -> Inference:
-    """Create a blocking `Inference` client; arguments as for `async_inference`."""
-    return Inference(
-        api_key,
-        base_url=base_url,
-        timeout=timeout,
-        max_connections=max_connections,
-        streaming_options=streaming_options,
-        max_retries=max_retries,
-    )
+inference = Inference
+"""Create a blocking `Inference` client (the seed document's spelling of the constructor)."""
 
 
 def _close_all_at_exit() -> None:
