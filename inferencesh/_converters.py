@@ -105,9 +105,22 @@ def structure_task(obj: Any, *, task_id: str | None = None) -> WireTask:
         raise ProtocolError(f"task payload field 'id' is malformed: {raw_id!r:.80}")
     status = TaskStatus.parse(payload.get("status"))
     logs: tuple[str, ...] = ()
-    if payload.get("logs") is not None:
-        logs = tuple(line.text for line in field("logs", list[_LogLine]))
-    progress = field("progress", Progress) if payload.get("progress") is not None else None
+    raw_logs = payload.get("logs")
+    if raw_logs is not None:
+        # Fast path for the common shape (a list of strings); cattrs for everything else.
+        if type(raw_logs) is list and all(type(line) is str for line in raw_logs):
+            logs = tuple(raw_logs)
+        else:
+            logs = tuple(line.text for line in field("logs", list[_LogLine]))
+    raw_progress = payload.get("progress")
+    progress: Progress | None = None
+    if raw_progress is not None:
+        current = raw_progress.get("current") if type(raw_progress) is dict else None
+        total = raw_progress.get("total") if type(raw_progress) is dict else None
+        if type(current) in (int, float) and type(total) in (int, float):
+            progress = Progress(current, total)  # type: ignore[arg-type]
+        else:
+            progress = field("progress", Progress)
     output = payload.get("output")
     session_id = field("session_id", str) if payload.get("session_id") not in (None, "") else None
     update = TaskUpdate(

@@ -48,7 +48,7 @@ def map_errors(*, idle: bool = False) -> Iterator[None]:
     except TimeoutError as exc:
         if idle:
             raise IdleTimeoutError("the stream was idle for longer than idle_timeout") from exc
-        raise ConnectError(f"timed out: {_describe(exc)}") from exc
+        raise TransportError("the request timed out") from exc
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
         raise StreamInterruptedError(f"the connection dropped: {_describe(exc)}") from exc
     except aiohttp.InvalidURL as exc:
