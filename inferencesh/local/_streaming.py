@@ -60,7 +60,8 @@ def parse_last_event_id(value: str | None) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isascii() or not text.isdigit():
+    # Bounded so a hostile header cannot reach int()'s digit limit; no real seq is that long.
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
         return None
     return int(text)
 
