@@ -350,8 +350,9 @@ class AsyncAgent:
             assistant_id=str(assistant.get("id", "")),
         )
         options = self._options or self._client.streaming_options
-        async for event in resumable_stream(self._client._transport, tracker, options):
-            yield event
+        async for batch in resumable_stream(self._client._transport, tracker, options):
+            for event in batch:
+                yield event
 
     async def send_message(
         self,

@@ -52,21 +52,32 @@ class TaskStream(AsyncIterator[TaskUpdate]):
     breaking out of the loop also releases it as soon as the stream object is dropped.
     """
 
-    def __init__(self, source: AsyncIterator[TaskUpdate]) -> None:
-        self._source = source
+    def __init__(self, batches: AsyncIterator[list[TaskUpdate]]) -> None:
+        self._batches = batches
+        self._batch: list[TaskUpdate] = []
+        self._index = 0
         self.task_id: str | None = None
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> TaskUpdate:
-        update = await self._source.__anext__()
+        # Updates arrive in batches (one per network read); hand them out one at a time.
+        while self._index >= len(self._batch):
+            self._batch = await self._batches.__anext__()
+            self._index = 0
+        update = self._batch[self._index]
+        self._index += 1
         self.task_id = update.id
         return update
 
+    def batches(self) -> AsyncIterator[list[TaskUpdate]]:
+        """The not yet consumed updates, a batch at a time (for bridging to other threads)."""
+        return self._batches
+
     async def aclose(self) -> None:
         """Stop streaming and close the connection now."""
-        await self._source.aclose()  # type: ignore[attr-defined]
+        await self._batches.aclose()  # type: ignore[attr-defined]
 
     async def __aenter__(self) -> Self:
         return self
@@ -190,14 +201,14 @@ class AsyncInference:
 
     async def _run_stream(
         self, params: Params, options: StreamingOptions | None
-    ) -> AsyncIterator[TaskUpdate]:
+    ) -> AsyncIterator[list[TaskUpdate]]:
         if not isinstance(params, Mapping):
             raise UsageError(f"params must be a mapping, got {type(params).__name__}")
         created = _require_task(await self._request("POST", "/apps/run", dict(params)))
-        async for update in stream_task_updates(
+        async for batch in stream_task_updates(
             self._transport, created["id"], options or self._options, seed=created
         ):
-            yield update
+            yield batch
 
     async def _run_and_wait(self, params: Params, options: StreamingOptions | None) -> TaskUpdate:
         created = await self._create(params)

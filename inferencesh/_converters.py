@@ -7,14 +7,14 @@ Unknown fields never break parsing; they stay in `raw`. A known field with the w
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import cattrs
 
 from ._events import Progress, TaskUpdate
 from ._exceptions import ProtocolError
-from ._status import TaskStatus
+from ._status import _BY_CODE, TaskStatus
 
 __all__ = ["WireTask", "converter", "structure_task"]
 
@@ -66,73 +66,105 @@ def _explain(exc: BaseException) -> str:
     return str(exc)
 
 
-@attrs.frozen
-class WireTask:
+class WireTask(NamedTuple):
     """A task payload as it came off the wire, before the stream decides what is new.
 
     `partial` is True for `{"data": ..., "fields": [...]}` updates, whose `logs` are only the
-    new lines; a full snapshot's `logs` are every line so far.
+    new lines; a full snapshot's `logs` are every line so far. `output` is the payload's
+    `output` whatever the status. A tuple, because one is built per stream event.
     """
 
-    update: TaskUpdate
+    id: str
+    status: TaskStatus
+    logs: tuple[str, ...]
+    progress: Progress | None
+    output: Any
+    error: Any
+    session_id: str | None
+    raw: Mapping[str, Any]
     partial: bool
     has_logs: bool
 
+    @property
+    def update(self) -> TaskUpdate:
+        """The payload as a `TaskUpdate` on its own (no knowledge of earlier events)."""
+        terminal = self.status.is_terminal
+        return TaskUpdate(
+            id=self.id,
+            status=self.status,
+            logs=self.logs,
+            progress=self.progress,
+            # A running task's output is intermediate; only a finished task has a final one.
+            partial_output=None if terminal else self.raw.get("partial_output", self.output),
+            output=self.output if terminal else None,
+            error=self.error,
+            session_id=self.session_id,
+            raw=self.raw,
+        )
+
+
+def _field(payload: Mapping[str, Any], name: str, typ: Any) -> Any:
+    value = payload[name]
+    try:
+        if getattr(typ, "__origin__", None) is list and not isinstance(value, list):
+            raise TypeError(f"expected a list, got {type(value).__name__}")
+        return converter.structure(value, typ)
+    except Exception as exc:  # cattrs raises several types; all mean "wrong shape"
+        raise ProtocolError(f"task payload field {name!r} is malformed: {_explain(exc)}") from exc
+
 
 def structure_task(obj: Any, *, task_id: str | None = None) -> WireTask:
-    """Turn one task payload (snapshot or partial update) into a `WireTask`.
+    """Read one task payload (snapshot or partial update).
 
-    Raises `ProtocolError` naming the field when a known field has the wrong shape.
+    Well-formed fields take a fast path (this runs once per stream event); anything else goes
+    through cattrs, which raises `ProtocolError` naming the malformed field.
     """
-    partial = isinstance(obj, Mapping) and "data" in obj and "fields" in obj
+    partial = type(obj) is dict and "data" in obj and "fields" in obj
     payload = obj["data"] if partial else obj
-    if not isinstance(payload, Mapping):
+    if type(payload) is not dict and not isinstance(payload, Mapping):
         raise ProtocolError(f"task payload must be a JSON object, got {type(payload).__name__}")
-
-    def field(name: str, typ: Any) -> Any:
-        value = payload[name]
-        try:
-            if getattr(typ, "__origin__", None) is list and not isinstance(value, list):
-                raise TypeError(f"expected a list, got {type(value).__name__}")
-            return converter.structure(value, typ)
-        except Exception as exc:  # cattrs raises several types; all mean "wrong shape"
-            raise ProtocolError(
-                f"task payload field {name!r} is malformed: {_explain(exc)}"
-            ) from exc
-
     raw_id = payload.get("id", task_id)
-    if not isinstance(raw_id, str) or not raw_id:
+    if type(raw_id) is not str or not raw_id:
         raise ProtocolError(f"task payload field 'id' is malformed: {raw_id!r:.80}")
-    status = TaskStatus.parse(payload.get("status"))
     logs: tuple[str, ...] = ()
     raw_logs = payload.get("logs")
     if raw_logs is not None:
-        # Fast path for the common shape (a list of strings); cattrs for everything else.
         if type(raw_logs) is list and all(type(line) is str for line in raw_logs):
             logs = tuple(raw_logs)
         else:
-            logs = tuple(line.text for line in field("logs", list[_LogLine]))
-    raw_progress = payload.get("progress")
+            logs = tuple(line.text for line in _field(payload, "logs", list[_LogLine]))
     progress: Progress | None = None
+    raw_progress = payload.get("progress")
     if raw_progress is not None:
-        current = raw_progress.get("current") if type(raw_progress) is dict else None
-        total = raw_progress.get("total") if type(raw_progress) is dict else None
-        if type(current) in (int, float) and type(total) in (int, float):
+        if type(raw_progress) is dict:
+            current, total = raw_progress.get("current"), raw_progress.get("total")
+        else:
+            current = total = None
+        if type(current) in _NUMBERS and type(total) in _NUMBERS:
             progress = Progress(current, total)  # type: ignore[arg-type]
         else:
-            progress = field("progress", Progress)
-    output = payload.get("output")
-    session_id = field("session_id", str) if payload.get("session_id") not in (None, "") else None
-    update = TaskUpdate(
-        id=raw_id,
-        status=status,
-        logs=logs,
-        progress=progress,
-        # A running task's output is intermediate; only a finished task has its final output.
-        partial_output=None if status.is_terminal else payload.get("partial_output", output),
-        output=output if status.is_terminal else None,
-        error=payload.get("error"),
-        session_id=session_id,
-        raw=payload,
+            progress = _field(payload, "progress", Progress)
+    session_id = payload.get("session_id")
+    if session_id == "":
+        session_id = None
+    elif session_id is not None and type(session_id) is not str:
+        session_id = _field(payload, "session_id", str)
+    raw_status = payload.get("status")
+    status = _BY_CODE.get(raw_status) if type(raw_status) is int else None
+    fields = (
+        raw_id,
+        status or TaskStatus.parse(raw_status),
+        logs,
+        progress,
+        payload.get("output"),
+        payload.get("error"),
+        session_id,
+        payload,
+        partial,
+        "logs" in payload,
     )
-    return WireTask(update=update, partial=partial, has_logs="logs" in payload)
+    return _new_wire(WireTask, fields)  # NamedTuple's keyword __new__ costs more per event
+
+
+_NUMBERS = (int, float)
+_new_wire = tuple.__new__

@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from ._exceptions import (
     APIStatusError,
+    InferenceshError,
     ProtocolError,
     RetriesExhaustedError,
     SSELineTooLongError,
@@ -42,6 +43,8 @@ try:  # orjson is an optional speed-up; both give the same values for JSON text.
 except ImportError:  # pragma: no cover - exercised when the speedups extra is absent
     loads = json.loads
     _DECODE_ERRORS = (ValueError,)
+
+_FIRST_READ = 4096
 
 # SSE first (it can resume); NDJSON is what the hosted API's official clients ask for.
 ACCEPT = "text/event-stream, application/x-ndjson;q=0.9"
@@ -108,7 +111,7 @@ def _frames(
 
 async def _read_connection(
     transport: Transport, tracker: Tracker[T], options: StreamingOptions
-) -> AsyncIterator[T]:
+) -> AsyncIterator[list[T]]:
     headers = {"Accept": ACCEPT, "Cache-Control": "no-cache"}
     if tracker.last_event_id:
         headers["Last-Event-ID"] = tracker.last_event_id
@@ -121,32 +124,42 @@ async def _read_connection(
         sse = resp.content_type == "text/event-stream"
         decoder = SSEDecoder(max_line_bytes=options.max_line_bytes) if sse else None
         framer = None if sse else _LineFramer(options.max_line_bytes)
+        # A small first read hands out the first event as soon as it is decoded, rather than
+        # after decoding a whole burst of backlog.
+        size = min(options.chunk_size, _FIRST_READ)
         while True:
-            chunk = await resp.read(options.chunk_size)
+            chunk = await resp.read(size)
+            size = options.chunk_size
             if not chunk:
                 return
-            frames, error = _frames(decoder, framer, chunk, tracker)
-            for raw, event_id in frames:
-                try:
-                    payload = loads(raw)
-                except _DECODE_ERRORS as exc:
-                    raise ProtocolError(f"stream event is not valid JSON: {raw[:80]!r}") from exc
-                items = tracker.absorb(payload)
-                if event_id is not None:
-                    tracker.last_event_id = event_id
-                if not items:
-                    continue
-                if tracker.finished:
-                    # Release the connection before handing out the last items, so a consumer
-                    # that returns right after them leaves nothing open.
-                    resp.close()
-                for item in items:
-                    yield item
-                if tracker.finished:
-                    return
-            if error is not None:
-                # Everything before the oversized line was delivered above; now fail.
-                raise error
+            frames, too_long = _frames(decoder, framer, chunk, tracker)
+            failure: InferenceshError | None = too_long
+            batch: list[T] = []
+            try:
+                for raw, event_id in frames:
+                    try:
+                        payload = loads(raw)
+                    except _DECODE_ERRORS as exc:
+                        raise ProtocolError(
+                            f"stream event is not valid JSON: {raw[:80]!r}"
+                        ) from exc
+                    batch.extend(tracker.absorb(payload))
+                    if event_id is not None:
+                        tracker.last_event_id = event_id
+                    if tracker.finished:
+                        break
+            except InferenceshError as exc:
+                failure = exc  # raised below, once what came before it is delivered
+            if tracker.finished:
+                # Release the connection before handing out the last items, so a consumer
+                # that returns right after them leaves nothing open.
+                resp.close()
+            if batch:
+                yield batch
+            if tracker.finished:
+                return
+            if failure is not None:
+                raise failure
 
 
 async def resumable_stream(
@@ -155,8 +168,9 @@ async def resumable_stream(
     options: StreamingOptions,
     *,
     on_reconnect: Callable[[int, float, BaseException], None] | None = None,
-) -> AsyncIterator[T]:
-    """Yield what `tracker` finds new until it is finished, reconnecting as needed.
+) -> AsyncIterator[list[T]]:
+    """Yield what `tracker` finds new, in batches (one per network read), until it is finished,
+    reconnecting as needed. Batching keeps per-event overhead out of the layers above.
 
     Retryable failures (network, idle timeout, 429, 5xx, a stream that ends before the resource
     does) are retried with backoff, resuming with `Last-Event-ID`. `RetriesExhaustedError` ends
@@ -168,9 +182,9 @@ async def resumable_stream(
         progressed = False
         retry_after: float | None = None
         try:
-            async for item in _read_connection(transport, tracker, options):
+            async for batch in _read_connection(transport, tracker, options):
                 progressed = True
-                yield item
+                yield batch
             if tracker.finished:
                 return
             error: BaseException = StreamInterruptedError(

@@ -55,6 +55,8 @@ class TaskStatus(enum.StrEnum):
     @classmethod
     def parse(cls, value: Any) -> TaskStatus:
         """Read a status from a wire code, a name, or a member; anything unknown is UNKNOWN."""
+        if type(value) is int:  # the wire's usual form, first because it is the hot path
+            return _BY_CODE.get(value, cls.UNKNOWN)
         if isinstance(value, TaskStatus):
             return value
         if isinstance(value, bool):

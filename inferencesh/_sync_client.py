@@ -41,9 +41,9 @@ __all__ = ["Agent", "Inference", "SyncStream", "inference"]
 
 T = TypeVar("T")
 
-# How many updates may wait between the loop thread and a slow consumer, and the largest
-# batch handed over in one crossing.
-_BUFFER = 1024
+# How many batches (each at most one network read's worth of events) may wait between the
+# loop thread and a slow consumer.
+_BUFFER = 64
 
 _live_clients: weakref.WeakSet[Inference] = weakref.WeakSet()
 # Objects that belonged to a parent process's event loop. A forked child keeps them alive but
@@ -52,17 +52,17 @@ _orphans: list[object] = []
 
 
 class _Pump(Generic[T]):
-    """Runs an async iterator on the loop and buffers its items for another thread."""
+    """Runs an async iterator of batches on the loop and buffers them for another thread."""
 
-    def __init__(self, source: AsyncIterator[T]) -> None:
+    def __init__(self, source: AsyncIterator[list[T]]) -> None:
         self._source = source
         self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(_BUFFER)
         self._task = asyncio.get_running_loop().create_task(self._produce())
 
     async def _produce(self) -> None:
         try:
-            async for item in self._source:
-                await self._queue.put((_ITEM, item))
+            async for batch in self._source:
+                await self._queue.put((_ITEM, batch))
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # handed to the consuming thread, which re-raises it
@@ -70,12 +70,12 @@ class _Pump(Generic[T]):
         else:
             await self._queue.put((_END, None))
 
-    async def next_batch(self) -> list[tuple[int, Any]]:
-        """Wait for at least one item, then take everything already buffered."""
-        batch = [await self._queue.get()]
-        while batch[-1][0] == _ITEM and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        return batch
+    async def next_batches(self) -> list[tuple[int, Any]]:
+        """Wait for at least one entry, then take everything already buffered."""
+        entries = [await self._queue.get()]
+        while entries[-1][0] == _ITEM and not self._queue.empty():
+            entries.append(self._queue.get_nowait())
+        return entries
 
     async def aclose(self) -> None:
         """Stop the producer and close the source (and with it, the connection)."""
@@ -97,7 +97,9 @@ class SyncStream(Iterator[T]):
     `for` loop drops the iterator and its clean-up runs; so do `close()` and the `with` block.
     """
 
-    def __init__(self, client: Inference, make_source: Callable[[], AsyncIterator[T]]) -> None:
+    def __init__(
+        self, client: Inference, make_source: Callable[[], AsyncIterator[list[T]]]
+    ) -> None:
         # The generator must not refer back to this object: a cycle would keep the connection
         # open after `break` until the cyclic garbage collector happened to run.
         self._gen = _iterate(client, make_source)
@@ -125,7 +127,7 @@ class SyncStream(Iterator[T]):
 
 
 def _iterate(
-    client: Inference, make_source: Callable[[], AsyncIterator[T]]
+    client: Inference, make_source: Callable[[], AsyncIterator[list[T]]]
 ) -> Generator[T, None, None]:
     async def start() -> _Pump[T]:
         return _Pump(make_source())
@@ -133,15 +135,19 @@ def _iterate(
     pump = client._call(start)
     try:
         while True:
-            for kind, value in client._call(pump.next_batch):
-                if kind == _ITEM:
-                    yield value
-                elif kind == _ERROR:
+            for kind, value in client._call(pump.next_batches):
+                if kind == _ERROR:
                     raise value
-                else:
+                if kind == _END:
                     return
+                yield from value
     finally:
         client._call(pump.aclose, closing=True)
+
+
+async def _one_by_one(items: AsyncIterator[T]) -> AsyncIterator[list[T]]:
+    async for item in items:
+        yield [item]
 
 
 class Inference:
@@ -285,7 +291,9 @@ class Inference:
     ) -> SyncStream[TaskUpdate] | TaskUpdate:
         """Run an app; see `AsyncInference.run`. With `stream=True`, returns an iterator."""
         if stream:
-            return SyncStream(self, lambda: self._async.run(params, stream=True, options=options))
+            return SyncStream(
+                self, lambda: self._async.run(params, stream=True, options=options).batches()
+            )
         return self._call(self._run, params, wait, options)
 
     async def _run(
@@ -306,7 +314,7 @@ class Inference:
     ) -> SyncStream[TaskUpdate]:
         """Attach to an existing task's stream; see `AsyncInference.stream_task`."""
         self._async.stream_task(task_id, options)  # validates arguments before any I/O
-        return SyncStream(self, lambda: self._async.stream_task(task_id, options))
+        return SyncStream(self, lambda: self._async.stream_task(task_id, options).batches())
 
     def agent(
         self, ref: str, *, chat_id: str | None = None, options: StreamingOptions | None = None
@@ -340,7 +348,7 @@ class Agent:
 
     def stream(self, text: str) -> SyncStream[AgentEvent]:
         """Send `text` and iterate what happens; see `AsyncAgent.stream`."""
-        return SyncStream(self._client, lambda: self._async.stream(text))
+        return SyncStream(self._client, lambda: _one_by_one(self._async.stream(text)))
 
     def send_message(
         self,

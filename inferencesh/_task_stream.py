@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
-
-import attrs
 
 from ._converters import structure_task
 from ._events import TaskUpdate
@@ -28,6 +26,8 @@ __all__ = ["TaskTracker", "merge_delta", "stream_task_updates"]
 logger = logging.getLogger("inferencesh.stream")
 
 _NOTHING: Any = object()
+_RANK = {status: status.rank for status in TaskStatus}
+_TERMINAL = frozenset(status for status in TaskStatus if status.is_terminal)
 
 
 class TaskTracker:
@@ -51,14 +51,13 @@ class TaskTracker:
         """Whether the terminal update has been produced."""
         return self.final is not None
 
-    def absorb(self, payload: Any) -> list[TaskUpdate]:
+    def absorb(self, payload: Any) -> Sequence[TaskUpdate]:
         """Fold one decoded payload in; return the update to yield, if anything is new."""
-        update = self.absorb_one(payload)
-        return [] if update is None else [update]
+        update = self._absorb(payload)
+        return () if update is None else (update,)
 
-    def absorb_one(self, obj: Any) -> TaskUpdate | None:
-        """Fold one decoded payload in; return the update to yield, or None if nothing is new."""
-        if not isinstance(obj, Mapping):
+    def _absorb(self, obj: Any) -> TaskUpdate | None:
+        if type(obj) is not dict and not isinstance(obj, Mapping):
             raise ProtocolError(f"stream payload must be a JSON object, got {type(obj).__name__}")
         if obj.get("type") == "heartbeat":
             return None
@@ -69,39 +68,45 @@ class TaskTracker:
             logger.debug("ignoring %r event on task %s", event, self.task_id)
             return None
         wire = structure_task(obj, task_id=self.task_id)
-        update = wire.update
         if wire.partial:
-            new_logs = update.logs
+            new_logs = wire.logs
             self.logs_seen += len(new_logs)
         elif wire.has_logs:
-            new_logs = update.logs[self.logs_seen :]
-            self.logs_seen = max(self.logs_seen, len(update.logs))
+            new_logs = wire.logs[self.logs_seen :]
+            self.logs_seen = max(self.logs_seen, len(wire.logs))
         else:
             new_logs = ()
-        status_changed = (
-            update.status is not TaskStatus.UNKNOWN and update.status.rank > self.status.rank
-        )
+        status = wire.status
+        # UNKNOWN (a partial update without a status) has rank 0 and so never changes it.
+        status_changed = _RANK[status] > _RANK[self.status]
         if status_changed:
-            self.status = update.status
-        progress_changed = update.progress is not None and update.progress != self.progress
+            self.status = status
+        progress = wire.progress
+        progress_changed = progress is not None and progress != self.progress
         if progress_changed:
-            self.progress = update.progress
-        partial = update.partial_output
+            self.progress = progress
+        terminal = self.status in _TERMINAL
+        # A running task's output is intermediate; only a finished task has its final output.
+        partial = None if terminal else wire.raw.get("partial_output", wire.output)
         partial_changed = partial is not None and partial != self.partial_output
         if partial_changed:
             self.partial_output = partial
         if not (status_changed or new_logs or progress_changed or partial_changed):
             return None
-        result = attrs.evolve(
-            update,
-            status=self.status,
-            logs=new_logs,
-            progress=self.progress,
-            partial_output=partial if partial_changed else None,
+        update = TaskUpdate(
+            wire.id,
+            self.status,
+            new_logs,
+            self.progress,
+            partial if partial_changed else None,
+            wire.output if terminal else None,
+            wire.error,
+            wire.session_id,
+            wire.raw,
         )
-        if self.status.is_terminal:
-            self.final = result
-        return result
+        if terminal:
+            self.final = update
+        return update
 
     def _absorb_delta(self, obj: Mapping[str, Any]) -> TaskUpdate | None:
         data = obj.get("data")
@@ -159,17 +164,18 @@ async def stream_task_updates(
     *,
     seed: Mapping[str, Any] | None = None,
     on_reconnect: Callable[[int, float, BaseException], None] | None = None,
-) -> AsyncIterator[TaskUpdate]:
-    """Yield a task's updates until it is terminal, reconnecting and resuming as needed.
+) -> AsyncIterator[list[TaskUpdate]]:
+    """Yield a task's updates in batches until it is terminal, reconnecting as needed.
 
-    `seed` is a task payload already in hand (the answer of `POST /apps/run`); it is yielded
-    first. Failures are handled as `resumable_stream` describes.
+    `seed` is a task payload already in hand (the answer of `POST /apps/run`); it comes first.
+    Failures are handled as `resumable_stream` describes.
     """
     tracker = TaskTracker(task_id)
     if seed is not None:
-        for update in tracker.absorb(seed):
-            yield update
+        first = tracker.absorb(seed)
+        if first:
+            yield list(first)
         if tracker.finished:
             return
-    async for update in resumable_stream(transport, tracker, options, on_reconnect=on_reconnect):
-        yield update
+    async for batch in resumable_stream(transport, tracker, options, on_reconnect=on_reconnect):
+        yield batch
