@@ -156,10 +156,12 @@ async def _read_connection(
                 resp.close()
             if batch:
                 yield batch
+            # A failure the tracker raised (e.g. a failed agent run) ends the stream even though
+            # the resource is finished; a framing error after the end no longer matters.
+            if failure is not None and (failure is not too_long or not tracker.finished):
+                raise failure
             if tracker.finished:
                 return
-            if failure is not None:
-                raise failure
 
 
 async def resumable_stream(

@@ -1,0 +1,176 @@
+"""Agent chats with client tool calls, sync and async, against the emulator's scripted agent."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from support import fast_emulator, sdk_threads, seed_examples
+
+from inferencesh import (
+    AgentError,
+    ChatMessage,
+    Inference,
+    MessageEvent,
+    ToolCall,
+    ToolCallError,
+    UsageError,
+    async_inference,
+    inference,
+)
+from inferencesh.local import Emulator, serve_in_thread
+
+AGENT = "my-org/assistant@latest"
+
+
+def execute_tool(name: str, args: Any) -> dict[str, Any]:
+    """The small tool runner the seed example leaves to the reader."""
+    return {"tool": name, "echo": args}
+
+
+@pytest.mark.parametrize("drop_after", [None, 2])
+def test_seed_agent_streaming_sync(
+    drop_after: int | None,
+    emu: Emulator,
+    server: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The seed's "Agent Streaming" example runs verbatim on the blocking client."""
+    emu.faults.drop_after = drop_after
+    monkeypatch.setenv("INFERENCE_BASE_URL", server)
+    client = inference(api_key="inf_...")
+    namespace: dict[str, Any] = {"client": client, "execute_tool": execute_tool}
+    try:
+        exec(seed_examples()["Agent Streaming"], namespace)
+    finally:
+        client.close()
+    assert [] == sdk_threads()
+    out = capsys.readouterr().out
+    response: ChatMessage = namespace["response"]
+    assert "[Calling tool: " in out
+    assert 1 == out.count("[Calling tool: ")
+    assert "[Thinking: " in out
+    assert response.text
+    assert response.text in out
+    assert "Explain quantum entanglement" in response.text
+    assert "completed" == response.tool_calls[0].raw["status"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("drop_after", [None, 2])
+async def test_agent_streaming_async_twin(drop_after: int | None) -> None:
+    """The same flow on the async client, with async callbacks."""
+    emu = fast_emulator(drop_after=drop_after)
+    pieces: list[MessageEvent] = []
+    calls: list[ToolCall] = []
+    with serve_in_thread(emu) as url:
+        async with async_inference(api_key="k", base_url=url) as client:
+            agent = client.agent(AGENT)
+
+            async def on_tool_call(call: ToolCall) -> None:
+                calls.append(call)
+                await agent.submit_tool_result(call.id, execute_tool(call.name, call.args))
+
+            response = await agent.send_message(
+                "What is the weather?", on_message=pieces.append, on_tool_call=on_tool_call
+            )
+    text = "".join(p.content for p in pieces if p.type == "text")
+    thinking = "".join(p.content for p in pieces if p["type"] == "thinking")
+    assert text == response.text
+    assert thinking == response.reasoning
+    assert thinking
+    assert 1 == len(calls)
+    assert "What is the weather?" == calls[0].args["query"]
+    assert json.dumps(execute_tool(calls[0].name, calls[0].args)) in response.text
+
+
+def test_multi_turn_chat_keeps_history(client: Inference) -> None:
+    """Two messages go to one chat and the second answer sees the first turn."""
+    agent = client.agent(AGENT)
+
+    def on_tool_call(call: ToolCall) -> None:
+        agent.submit_tool_result(call.id, f"result for {call.args['query']}")
+
+    first = agent.send_message("first question", on_tool_call=on_tool_call)
+    chat_id = agent.chat_id
+    second = agent.send_message("second question", on_tool_call=on_tool_call)
+    assert chat_id == agent.chat_id
+    assert "first question" in first.text
+    assert "second question" in second.text
+    assert "turn 2" in second.text
+    assert first.id != second.id
+
+
+def test_tool_handler_that_raises_stops_the_run(client: Inference) -> None:
+    """A failing handler raises ToolCallError and the chat is free for the next message."""
+    agent = client.agent(AGENT)
+
+    def broken(call: ToolCall) -> None:
+        raise ValueError("tool exploded")
+
+    with pytest.raises(ToolCallError, match="tool exploded") as info:
+        agent.send_message("hello", on_tool_call=broken)
+    assert isinstance(info.value.__cause__, ValueError)
+    answer = agent.send_message(
+        "again", on_tool_call=lambda call: agent.submit_tool_result(call.id, "ok")
+    )
+    assert "ok" in answer.text
+
+
+def test_tool_call_without_handler_is_a_clear_error(client: Inference) -> None:
+    """No on_tool_call handler: a ToolCallError naming the tool, not a hang."""
+    agent = client.agent(AGENT)
+    with pytest.raises(ToolCallError, match="no on_tool_call handler"):
+        agent.send_message("hello")
+
+
+def test_stop_during_streaming(client: Inference) -> None:
+    """stop() from a callback ends the run promptly; send_message returns the partial answer."""
+    agent = client.agent(AGENT)
+    stopped = threading.Event()
+
+    def on_message(msg: MessageEvent) -> None:
+        if not stopped.is_set():
+            stopped.set()
+            agent.stop()
+
+    message = agent.send_message("stop me", on_message=on_message)
+    assert stopped.is_set()
+    assert "cancelled" == message.status
+
+
+def test_tool_result_timeout_fails_the_run() -> None:
+    """With no tool result in time the run fails with a clear AgentError."""
+    emu = fast_emulator(tool_timeout=0.3)
+    with serve_in_thread(emu) as url, inference(api_key="k", base_url=url) as client:
+        agent = client.agent(AGENT)
+        with pytest.raises(AgentError, match="no result") as info:
+            agent.send_message("slow tool", on_tool_call=lambda call: None)
+    assert not isinstance(info.value, ToolCallError)
+
+
+def test_dict_and_string_results_are_accepted(client: Inference) -> None:
+    """A dict result is sent as JSON text; a string as it is."""
+    agent = client.agent(AGENT)
+    reply = agent.send_message(
+        "dict please", on_tool_call=lambda c: agent.submit_tool_result(c.id, {"a": [1, 2]})
+    )
+    assert '{"a": [1, 2]}' in reply.text
+    reply = agent.send_message(
+        "string please", on_tool_call=lambda c: agent.submit_tool_result(c.id, "plain words")
+    )
+    assert "plain words" in reply.text
+    with pytest.raises(UsageError):
+        agent.submit_tool_result("ti_x", object())
+
+
+@pytest.fixture
+def client(server: str) -> Iterator[Inference]:
+    """A blocking client on the fast emulator; no SDK thread may outlive it."""
+    with inference(api_key="k", base_url=server) as c:
+        yield c
+    assert [] == sdk_threads()
