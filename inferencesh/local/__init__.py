@@ -1,9 +1,11 @@
-"""`inferencesh.local`: a local emulator of the hosted inference.sh task API.
+"""`inferencesh.local`: a local emulator of the hosted inference.sh task and agent chat API.
 
 It speaks the hosted API's wire protocol (envelope, problem+json errors, the task status flow,
 NDJSON streams) plus our SSE extensions (event ids, `Last-Event-ID` resume, `retry:`), so both the
 official clients and ours can run against it offline. Unregistered apps run a simulated app;
-fault injection (`Emulator.faults`) lets tests cut streams and force error answers.
+fault injection (`Emulator.faults`) lets tests cut streams and force error answers. Agent chats
+(`POST /agents/run`, `/chats/{id}/stream`, client tools) run local agents registered with
+`Emulator.register_agent`, or a scripted agent that calls one client tool, `search`.
 
 ```python
 from inferencesh.local import Emulator, EmulatorOptions, serve
@@ -17,17 +19,21 @@ From a shell: `python -m inferencesh serve --port 8080`.
 
 from __future__ import annotations
 
+from ._agents import AgentContext, ToolTimeoutError
 from ._apps import AppContext
 from ._emulator import Emulator
-from ._options import AppFunction, EmulatorOptions, Faults
+from ._options import AgentFunction, AppFunction, EmulatorOptions, Faults
 from ._server import serve, serve_in_thread
 
 __all__ = [
+    "AgentContext",
+    "AgentFunction",
     "AppContext",
     "AppFunction",
     "Emulator",
     "EmulatorOptions",
     "Faults",
+    "ToolTimeoutError",
     "serve",
     "serve_in_thread",
 ]

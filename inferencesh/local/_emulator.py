@@ -10,9 +10,11 @@ from typing import Any
 
 from aiohttp import web
 
+from ._agents import AgentRegistry, RunRequest, launch_run, scripted
 from ._apps import AppRegistry, SimSettings, simulated_app
+from ._chats import ChatError, ChatStore
 from ._hub import ChangeHub
-from ._options import AppFunction, EmulatorOptions, Faults
+from ._options import AgentFunction, AppFunction, EmulatorOptions, Faults
 from ._streaming import Connection
 from ._tasks import Task, TaskStore
 
@@ -22,9 +24,9 @@ _HOUSEKEEPING_MAX_INTERVAL = 30.0
 
 
 class Emulator:
-    """A local, in-memory stand-in for the hosted task API.
+    """A local, in-memory stand-in for the hosted task and agent chat API.
 
-    Create it, optionally register apps, then serve `make_app()` (or use `serve` /
+    Create it, optionally register apps and agents, then serve `make_app()` (or use `serve` /
     `serve_in_thread`). State lives on the serving event loop; the counters, `task_snapshot`
     and the wait helpers are safe to use from any thread. Serve one application at a time.
     """
@@ -39,6 +41,14 @@ class Emulator:
             ttl=self.options.finished_task_ttl,
             max_finished=self.options.max_finished_tasks,
         )
+        self.agents = AgentRegistry(self.options.agents)
+        self.chats = ChatStore(
+            self._hub,
+            ttl=self.options.finished_task_ttl,
+            max_idle=self.options.max_finished_tasks,
+            max_events=self.options.max_events_per_task,
+        )
+        self.chats.on_idle.append(self._wake_housekeeping)
         self._connections: set[Connection] = set()
         self._streams_opened = 0
         self._stopping = False
@@ -46,7 +56,10 @@ class Emulator:
         self._housekeeping_wakeup: asyncio.Event | None = None
 
     def __repr__(self) -> str:
-        return f"<Emulator tasks={len(self.tasks)} open_streams={self.open_streams}>"
+        return (
+            f"<Emulator tasks={len(self.tasks)} chats={len(self.chats)} "
+            f"open_streams={self.open_streams}>"
+        )
 
     # -- apps and tasks -----------------------------------------------------------------------
 
@@ -101,8 +114,55 @@ class Emulator:
 
     def _task_finished(self, task: Task) -> None:
         self.tasks.mark_finished(task)
+        self._wake_housekeeping()
+
+    def _wake_housekeeping(self) -> None:
         if self._housekeeping_wakeup is not None:
             self._housekeeping_wakeup.set()
+
+    # -- agents and chats ----------------------------------------------------------------------
+
+    def register_agent(self, ref: str, fn: AgentFunction) -> None:
+        """Run `fn` for messages to agent `ref` (`namespace/name`, optionally `@version`)."""
+        with self._hub.lock:
+            self.agents.register(ref, fn)
+
+    def chat_snapshot(self, chat_id: str) -> dict[str, Any] | None:
+        """The chat with its messages as the API returns it, or None if unknown/expired."""
+        with self._hub.lock:
+            chat = self.chats.get(chat_id)
+            return chat.to_dict() if chat is not None else None
+
+    def _start_run(self, request: RunRequest) -> dict[str, Any]:
+        """Add a message to a chat (a new one when `chat_id` is None) and start its run.
+
+        Raises `ChatError` (404 unknown chat or, with `strict_apps`, agent; 409 busy chat).
+        Returns the `POST /agents/run` answer data.
+        """
+        fn = self.agents.lookup(request.ref) if request.ref is not None else None
+        if fn is None:
+            if request.ref is not None and self.options.strict_apps:
+                raise ChatError(404, f"agent {request.ref.key} not found")
+            fn = scripted(self.options.effective_agent_step_delay)
+        with self._hub.lock:
+            if request.chat_id is None:
+                chat = self.chats.create(request.agent)
+            else:
+                found = self.chats.get(request.chat_id)
+                if found is None:
+                    raise ChatError(404, f"chat {request.chat_id} not found")
+                chat = found
+            run = chat.start_run(request.text, request.agent)
+            reply = {"user_message": run.user.to_dict(), "assistant_message": run.message.to_dict()}
+        launch_run(
+            chat,
+            run,
+            fn,
+            context=request.context,
+            attachments=request.attachments,
+            tool_timeout=self.options.tool_timeout,
+        )
+        return reply
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -188,7 +248,7 @@ class Emulator:
     async def _cleanup(self) -> None:
         """Cancel the runners and housekeeping and wait for them (aiohttp on_cleanup)."""
         self._stopping = True
-        pending = self.tasks.runners()
+        pending = self.tasks.runners() + self.chats.runners()
         if self._housekeeper is not None:
             pending.append(self._housekeeper)
         for job in pending:
@@ -200,13 +260,14 @@ class Emulator:
         self._hub.loop_thread = None
 
     async def _housekeeping(self) -> None:
-        """Expire finished tasks when their time is up (the only background job)."""
+        """Expire finished tasks and idle chats when their time is up (the only background job)."""
         wakeup = self._housekeeping_wakeup
         assert wakeup is not None
         while True:
             self.tasks.expire()
-            due = self.tasks.next_expiry_in()
-            wait = _HOUSEKEEPING_MAX_INTERVAL if due is None else due
+            self.chats.expire()
+            dues = [self.tasks.next_expiry_in(), self.chats.next_expiry_in()]
+            wait = min([due for due in dues if due is not None], default=_HOUSEKEEPING_MAX_INTERVAL)
             wait = min(wait, _HOUSEKEEPING_MAX_INTERVAL)
             wakeup.clear()
             with contextlib.suppress(TimeoutError):

@@ -13,7 +13,9 @@ from typing import Any
 
 from aiohttp import web
 
+from ._agents import parse_run_request
 from ._apps import InvalidField, parse_app_ref, parse_sim
+from ._chats import Chat, ChatError
 from ._emulator import Emulator
 from ._streaming import (
     Connection,
@@ -156,17 +158,25 @@ async def _auth(request: web.Request, handler: _Handler) -> web.StreamResponse:
 # -- handlers -----------------------------------------------------------------------------------
 
 
-async def _run_app(request: web.Request) -> web.Response:
-    emulator = request.app[EMULATOR]
-    if emulator.stopping:
-        raise _Problem(503, "the emulator is shutting down")
+async def _json_object(request: web.Request, *, empty: dict[str, Any] | None = None) -> Any:
+    """The request body as a JSON object (400 otherwise); `empty` stands in for no body."""
     raw = await request.read()
+    if empty is not None and not raw.strip():
+        return empty
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise _Problem(400, f"field 'body': request body is not valid JSON ({exc})") from None
     if not isinstance(body, dict):
         raise _Problem(400, "field 'body': request body must be a JSON object")
+    return body
+
+
+async def _run_app(request: web.Request) -> web.Response:
+    emulator = request.app[EMULATOR]
+    if emulator.stopping:
+        raise _Problem(503, "the emulator is shutting down")
+    body = await _json_object(request)
     try:
         ref = parse_app_ref(body.get("app"))
         input = body.get("input")
@@ -219,6 +229,77 @@ async def _stream_task(request: web.Request) -> web.StreamResponse:
     return await serve_stream(request, _task_or_404(request))
 
 
+async def _run_agent(request: web.Request) -> web.Response:
+    emulator = request.app[EMULATOR]
+    if emulator.stopping:
+        raise _Problem(503, "the emulator is shutting down")
+    body = await _json_object(request)
+    try:
+        run_request = parse_run_request(body)
+    except InvalidField as exc:
+        raise _Problem(400, str(exc)) from None
+    try:
+        return _envelope(emulator._start_run(run_request))
+    except ChatError as exc:
+        raise _Problem(exc.status, exc.detail) from None
+
+
+def _chat_or_404(request: web.Request) -> Chat:
+    chat_id = request.match_info["chat_id"]
+    chat = request.app[EMULATOR].chats.get(chat_id)
+    if chat is None:
+        raise _Problem(404, f"chat {chat_id} not found")
+    return chat
+
+
+async def _get_chat(request: web.Request) -> web.Response:
+    return _envelope(_chat_or_404(request).to_dict())
+
+
+async def _stop_chat(request: web.Request) -> web.Response:
+    chat = _chat_or_404(request)
+    chat.stop()
+    return _envelope(chat.to_dict(messages=False))
+
+
+async def _stream_chat(request: web.Request) -> web.StreamResponse:
+    return await serve_stream(request, _chat_or_404(request))
+
+
+async def _answer_tool(request: web.Request, *, reject: bool) -> web.Response:
+    invocation_id = request.match_info["invocation_id"]
+    body = await _json_object(request, empty={} if reject else None)
+    if reject:
+        reason = body.get("reason", "")
+        if not isinstance(reason, str):
+            raise _Problem(400, "field 'reason': must be a string")
+        result = "The user rejected this tool call." + (f" Reason: {reason}" if reason else "")
+    else:
+        result = body.get("result")
+        if not isinstance(result, str):
+            raise _Problem(400, "field 'result': must be a string (encode objects as JSON)")
+        attachments = body.get("attachments")
+        if attachments is not None and not isinstance(attachments, list):
+            raise _Problem(400, "field 'attachments': must be a list of files")
+    found = request.app[EMULATOR].chats.invocation(invocation_id)
+    if found is None:
+        raise _Problem(404, f"tool invocation {invocation_id} not found")
+    chat, invocation = found
+    try:
+        chat.answer(invocation, result, status="cancelled" if reject else "completed")
+    except ChatError as exc:
+        raise _Problem(exc.status, exc.detail) from None
+    return _envelope(invocation.to_dict())
+
+
+async def _tool_result(request: web.Request) -> web.Response:
+    return await _answer_tool(request, reject=False)
+
+
+async def _reject_tool(request: web.Request) -> web.Response:
+    return await _answer_tool(request, reject=True)
+
+
 async def serve_stream(request: web.Request, source: StreamSource) -> web.StreamResponse:
     """Stream `source`'s events in the framing `Accept` asks for, counted as an open stream."""
     emulator = request.app[EMULATOR]
@@ -249,6 +330,12 @@ def build_application(emulator: Emulator) -> web.Application:
     app.router.add_get("/tasks/{task_id}", _get_task, allow_head=False)
     app.router.add_post("/tasks/{task_id}/cancel", _cancel_task)
     app.router.add_get("/tasks/{task_id}/stream", _stream_task, allow_head=False)
+    app.router.add_post("/agents/run", _run_agent)
+    app.router.add_get("/chats/{chat_id}", _get_chat, allow_head=False)
+    app.router.add_post("/chats/{chat_id}/stop", _stop_chat)
+    app.router.add_get("/chats/{chat_id}/stream", _stream_chat, allow_head=False)
+    app.router.add_post("/tools/{invocation_id}", _tool_result)
+    app.router.add_post("/tools/{invocation_id}/reject", _reject_tool)
 
     async def on_startup(_: web.Application) -> None:
         await emulator._startup()

@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 if TYPE_CHECKING:
+    from ._agents import AgentContext
     from ._apps import AppContext
 
-__all__ = ["AppFunction", "EmulatorOptions", "Faults"]
+__all__ = ["AgentFunction", "AppFunction", "EmulatorOptions", "Faults"]
 
 #: A local app: receives the task input and a context, returns the output.
 AppFunction = Callable[[dict[str, Any], "AppContext"], Awaitable[Any]]
+#: A local agent: receives the user's message text and a context, returns more answer text.
+AgentFunction = Callable[[str, "AgentContext"], Awaitable[str | None]]
 
 
 def _non_negative(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -29,6 +32,11 @@ def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     _non_negative(_, attribute, value)
     if value <= 0:
         raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _optional_non_negative(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None:
+        _non_negative(_, attribute, value)
 
 
 def _optional_count(_: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
@@ -51,6 +59,13 @@ class EmulatorOptions:
     `drop_after` and `delay` are only the initial values of `Emulator.faults`, which can be
     changed while the server runs. `transition_delay` is the pause between two status changes
     before and after the app runs (received → queued → ... → running, uploading → completed).
+
+    Agents: `agents` maps `namespace/name` to local agent functions; any other agent reference
+    runs the built-in scripted agent (404 with `strict_apps`). `agent_step_delay` paces the
+    scripted agent's pieces (None: `min(sim_step_delay, 0.025)`, about 0.5 s a run);
+    `tool_timeout` bounds each wait for a client tool result. Chats share the task limits:
+    an idle chat is kept `finished_task_ttl` seconds, at most `max_finished_tasks` idle chats,
+    and `max_events_per_task` events of each chat's log.
     """
 
     api_key: str | None = attrs.field(default=None, repr=False)
@@ -66,12 +81,22 @@ class EmulatorOptions:
     max_finished_tasks: int = attrs.field(default=1000, validator=_count)
     max_events_per_task: int = attrs.field(default=10_000, validator=_count)
     apps: Mapping[str, AppFunction] = attrs.field(factory=dict)
+    agents: Mapping[str, AgentFunction] = attrs.field(factory=dict)
+    agent_step_delay: float | None = attrs.field(default=None, validator=_optional_non_negative)
+    tool_timeout: float = attrs.field(default=30.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must be None (accept any key) or a non-empty string")
         if isinstance(self.retry_ms, bool) or not isinstance(self.retry_ms, int):
             raise TypeError(f"retry_ms must be an integer, got {self.retry_ms!r}")
+
+    @property
+    def effective_agent_step_delay(self) -> float:
+        """The scripted agent's pause before each piece it writes."""
+        if self.agent_step_delay is not None:
+            return self.agent_step_delay
+        return min(self.sim_step_delay, 0.025)
 
 
 @attrs.frozen
