@@ -21,7 +21,7 @@ from inferencesh import (
     async_inference,
     inference,
 )
-from inferencesh.local import Emulator, serve_in_thread
+from inferencesh.local import AgentContext, Emulator, serve_in_thread
 
 AGENT = "my-org/assistant@latest"
 
@@ -166,6 +166,35 @@ def test_dict_and_string_results_are_accepted(client: Inference) -> None:
     assert "plain words" in reply.text
     with pytest.raises(UsageError):
         agent.submit_tool_result("ti_x", object())
+
+
+@pytest.mark.timeout(15)
+def test_run_that_ended_before_the_stream_opened_still_returns_its_text(
+    emu: Emulator, client: Inference
+) -> None:
+    """Regression: a run that has ended when the client connects, with no tool call.
+
+    The snapshot of a new connection must give the messages before the chat, whose ended run
+    makes the client stop reading: with the chat first the answer came back empty.
+    """
+
+    async def quick(text: str, ctx: AgentContext) -> None:
+        ctx.say("done: " + text)  # the run ends in the same step: no await in between
+
+    emu.register_agent("ns/quick", quick)
+    # Every request waits before it is handled, the stream's GET included, while the run
+    # started by POST /agents/run finishes on the server.
+    emu.faults.delay = 0.3
+    pieces: list[MessageEvent] = []
+    message = client.agent("ns/quick").send_message("hello", on_message=pieces.append)
+    assert "done: hello" == message.text
+    assert "ready" == message.status
+    assert "assistant" == message.role
+    # The text came from the snapshot's message, not from a delta: the stream opened after
+    # ctx.say, so after the run's end.
+    assert [("text", "done: hello")] == [(p.type, p.content) for p in pieces]
+    assert "delta" not in pieces[0].raw
+    assert "done: hello" == pieces[0].raw["content"][0]["text"]
 
 
 @pytest.fixture
