@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - exercised when the speedups extra is a
     loads = json.loads
     _DECODE_ERRORS = (ValueError,)
 
-_FIRST_READ = 4096
+_FIRST_READ = 1024
 
 # SSE first (it can resume); NDJSON is what the hosted API's official clients ask for.
 ACCEPT = "text/event-stream, application/x-ndjson;q=0.9"
