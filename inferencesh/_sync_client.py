@@ -82,6 +82,9 @@ class _Pump(Generic[T]):
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        # Wake a reader still waiting (its caller was interrupted while handing the call over).
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait((_END, None))
         aclose = getattr(self._source, "aclose", None)
         if aclose is not None:
             await aclose()
@@ -238,6 +241,9 @@ class Inference:
             return
         try:
             portal.call(self._async.aclose)
+            # Cancel anything still running on the loop: a call interrupted by Ctrl-C at the
+            # moment it was handed over may have left a task behind that nobody awaits.
+            portal.call(portal.stop, True)
         finally:
             cm.__exit__(None, None, None)
 

@@ -308,3 +308,37 @@ def test_fork_child_gets_a_fresh_loop(server: str) -> None:
     assert "child completed" in lines
     assert "child exit 0" in lines
     assert "parent again completed" == lines[-1]
+
+
+def test_ctrl_c_at_any_moment_never_hangs_close(server: str) -> None:
+    """KeyboardInterrupt landing at any instant of a stream leaves close() able to return."""
+    proc = _run_script(
+        """
+        import random, signal
+        from inferencesh import inference
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGALRM, interrupt)
+        random.seed(7)
+        interrupted = 0
+        held = {"app": "a/b", "input": {"sim": {"hold": True}}}
+        for _ in range(40):
+            client = inference(api_key="k")
+            try:
+                for update in client.run(held, stream=True):
+                    if update.status == "running":
+                        signal.setitimer(signal.ITIMER_REAL, random.uniform(0, 0.003))
+            except KeyboardInterrupt:
+                interrupted += 1
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                client.close()
+        print("interrupted", interrupted, flush=True)
+        """,
+        server,
+        timeout=120,
+    )
+    assert 0 == proc.returncode, proc.stderr
+    assert "interrupted 40\n" == proc.stdout
