@@ -113,7 +113,23 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="NS/NAME=MODULE:FUNCTION",
         help="register a local app: async def app(input, ctx) (repeatable)",
     )
-    parser.add_argument("--strict-apps", action="store_true", help="unregistered apps get 404")
+    parser.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="NS/NAME=MODULE:FUNCTION",
+        help="register a local agent: async def agent(text, ctx) (repeatable)",
+    )
+    parser.add_argument(
+        "--strict-apps", action="store_true", help="unregistered apps and agents get 404"
+    )
+    parser.add_argument(
+        "--tool-timeout",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long an agent waits for a client tool result (default 30)",
+    )
     parser.add_argument("--sim-steps", type=_int_at_least(1), default=10, metavar="N")
     parser.add_argument("--sim-step-delay", type=_seconds, default=0.08, metavar="SECONDS")
     parser.add_argument(
@@ -143,6 +159,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _serve(args: argparse.Namespace) -> int:
     from .local import Emulator, EmulatorOptions
+    from .local._agents import load_agent
     from .local._apps import load_app
 
     parser: argparse.ArgumentParser = args.parser
@@ -153,6 +170,13 @@ def _serve(args: argparse.Namespace) -> int:
         except ValueError as exc:
             return _usage_error(parser, f"--app: {exc}")
         apps[ref] = fn
+    agents = {}
+    for spec in args.agent:
+        try:
+            ref, agent = load_agent(spec)
+        except ValueError as exc:
+            return _usage_error(parser, f"--agent: {exc}")
+        agents[ref] = agent
     try:
         options = EmulatorOptions(
             api_key=args.api_key,
@@ -163,6 +187,8 @@ def _serve(args: argparse.Namespace) -> int:
             drop_after=args.drop_after,
             delay=args.delay,
             apps=apps,
+            agents=agents,
+            tool_timeout=args.tool_timeout,
         )
     except (TypeError, ValueError) as exc:
         return _usage_error(parser, str(exc))
@@ -206,6 +232,70 @@ async def _serve_until_signalled(emulator: Emulator, host: str, port: int) -> No
             loop.remove_signal_handler(sig)
 
 
+# -- run and agent (their work is in inferencesh._cli_run, imported when they run) -----------------
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="start the local emulator in this process and use it (any API key works)",
+    )
+    parser.add_argument(
+        "--base-url", metavar="URL", help="API base URL (default: $INFERENCE_BASE_URL or hosted)"
+    )
+    parser.add_argument("--api-key", metavar="KEY", help="API key (default: $INFERENCE_API_KEY)")
+
+
+def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="run an app and watch its task live",
+        description=(
+            "Create a task and show it until it ends: status, progress bar, logs and partial "
+            "outputs on a terminal (needs the cli extra: pip install 'inferencesh[cli]'), plain "
+            "lines in a pipe, one JSON object per update with --json. Ctrl-C cancels the task. "
+            "Exit codes: 0 completed, 1 failed, 2 usage error, 130 interrupted."
+        ),
+    )
+    parser.add_argument("app", metavar="APP", help="the app, e.g. infsh/flux-schnell")
+    parser.add_argument(
+        "--input", metavar="JSON", help="the app input: a JSON object, or @FILE to read one"
+    )
+    _add_target(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object per update")
+    parser.set_defaults(handler=_run, parser=parser)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ._cli_run import run_command
+
+    return run_command(args)
+
+
+def _add_agent(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "agent",
+        help="send a message to an agent and stream its answer",
+        description=(
+            "Send one message to an agent and stream the answer (thinking dimmed). Client tool "
+            "calls are answered with an error result, since the CLI cannot run them."
+        ),
+    )
+    parser.add_argument("ref", metavar="REF", help="the agent, e.g. my-org/assistant@latest")
+    parser.add_argument("message", metavar="MESSAGE", help="the message to send")
+    _add_target(parser)
+    parser.set_defaults(handler=_agent, parser=parser)
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from ._cli_run import agent_command
+
+    return agent_command(args)
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_serve,
+    _add_run,
+    _add_agent,
 ]

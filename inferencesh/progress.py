@@ -1,0 +1,361 @@
+"""A live terminal display of a task's updates, for people who prefer a helper to the CLI.
+
+```python
+from inferencesh import inference
+from inferencesh.progress import track
+
+client = inference()
+last = track(client.run({"app": "infsh/flux-schnell", "input": {}}, stream=True))
+print(last.output if last else None)
+```
+
+`track` (any iterable of `TaskUpdate`s) and `atrack` (any async iterable) draw the current
+status, a progress bar with rate and ETA once the task reports progress, its log lines
+scrolling above the bar and its latest partial output below it; they return the last update.
+On a console that is not a terminal they print plain lines instead (one per status change,
+log line and progress step). The display uses rich, the optional `cli` extra
+(`pip install 'inferencesh[cli]'`); it is imported only when a display starts, so importing
+this module never needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, Self
+
+from ._events import Progress, TaskUpdate
+from ._exceptions import UsageError
+from ._status import TaskStatus
+
+if TYPE_CHECKING:
+    from rich.console import Console, ConsoleOptions, RenderableType
+    from rich.live import Live
+    from rich.progress import Progress as RichProgress
+    from rich.progress import TaskID
+
+__all__ = ["atrack", "track"]
+
+INSTALL_HINT = "pip install 'inferencesh[cli]'"
+"""The command that installs what the live display needs."""
+
+# A partial output is shown on one line, cut to this many characters before the terminal's
+# own ellipsis: a long generated text must not make every refresh serialise megabytes.
+_PARTIAL_CHARS = 2000
+
+_OUTCOME_STYLES = {
+    TaskStatus.COMPLETED: ("✓", "green"),
+    TaskStatus.FAILED: ("✗", "red"),
+    TaskStatus.REJECTED: ("✗", "red"),
+    TaskStatus.CANCELLED: ("■", "yellow"),
+}
+
+
+def track(
+    updates: Iterable[TaskUpdate],
+    *,
+    console: Console | None = None,
+    transient: bool = False,
+) -> TaskUpdate | None:
+    """Show `updates` live on `console` (default: a rich Console on stdout) as they arrive.
+
+    Returns the last update, or None when there was none. With `transient=True` the status
+    line and progress bar are removed at the end (log lines printed above them stay).
+    Raises `UsageError` when rich is not installed. Exceptions of the iterable propagate, so
+    Ctrl-C stops the display and reaches the caller.
+    """
+    last: TaskUpdate | None = None
+    with _display_for(console, transient) as display:
+        for update in updates:
+            display.show(update)
+            last = update
+    return last
+
+
+async def atrack(
+    updates: AsyncIterable[TaskUpdate],
+    *,
+    console: Console | None = None,
+    transient: bool = False,
+) -> TaskUpdate | None:
+    """The async twin of `track`: show an async iterable of updates (a `TaskStream`) live."""
+    last: TaskUpdate | None = None
+    with _display_for(console, transient) as display:
+        async for update in updates:
+            display.show(update)
+            last = update
+    return last
+
+
+class Display(Protocol):
+    """What a display does with a stream: show each update, then stop (as a context)."""
+
+    def show(self, update: TaskUpdate) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+def require_rich() -> None:
+    """Raise `UsageError` naming the extra to install when rich is not importable."""
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        raise UsageError(f"the live display needs rich: {INSTALL_HINT}") from None
+
+
+def _display_for(console: Console | None, transient: bool) -> Display:
+    require_rich()
+    from rich.console import Console
+
+    console = console if console is not None else Console()
+    if not console.is_terminal or console.is_dumb_terminal:
+        shown = console
+
+        def write(line: str) -> None:
+            shown.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+        return PlainDisplay(write)
+    return LiveDisplay(console, transient=transient)
+
+
+# -- shared formatting ------------------------------------------------------------------------
+
+
+def status_text(update: TaskUpdate) -> str:
+    """The status as shown: its name, plus the error of a task that did not complete."""
+    if update.status.is_terminal and update.status is not TaskStatus.COMPLETED and update.error:
+        return f"{update.status.value}: {update.error}"
+    return update.status.value
+
+
+def format_number(value: float) -> str:
+    """`3` for 3.0, `2.5` for 2.5: progress counts as people write them."""
+    return f"{value:g}"
+
+
+def compact_json(value: Any, limit: int = _PARTIAL_CHARS) -> str:
+    """A value on one line: strings as they are, anything else as compact JSON, cut to `limit`."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    text = " ".join(text.split("\n"))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _known(progress: Progress | None) -> Progress | None:
+    return progress if progress is not None and progress.fraction is not None else None
+
+
+# -- plain lines --------------------------------------------------------------------------------
+
+
+class PlainDisplay:
+    """Plain lines for pipes and logs: the task id, each status change, log line and step.
+
+    Needs nothing but a function that writes one line; the CLI uses it without rich.
+    """
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self._write = write
+        self._task_id: str | None = None
+        self._status: TaskStatus | None = None
+        self._step: tuple[float, float] | None = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def show(self, update: TaskUpdate) -> None:
+        """Write the lines this update adds."""
+        if update.id != self._task_id:
+            self._task_id = update.id
+            self._write(f"task: {update.id}")
+        for line in update.logs:
+            self._write(f"log: {line}")
+        progress = _known(update.progress)
+        if progress is not None:
+            step = (progress.current, progress.total)
+            if step != self._step:
+                self._step = step
+                percent = (progress.fraction or 0.0) * 100
+                self._write(
+                    f"progress: {format_number(progress.current)}/"
+                    f"{format_number(progress.total)} ({percent:.0f}%)"
+                )
+        # A partial update may carry no status; it does not send the task back to "unknown".
+        if update.status is not TaskStatus.UNKNOWN and update.status is not self._status:
+            self._status = update.status
+            self._write(f"status: {status_text(update)}")
+
+
+# -- the live display -----------------------------------------------------------------------------
+
+
+class _PartialLine:
+    """The line under the bar: the latest partial output, cut to the terminal's width."""
+
+    def __init__(self) -> None:
+        self.text: str | None = None
+
+    def __rich_console__(
+        self, console: Console, options: ConsoleOptions
+    ) -> Iterator[RenderableType]:
+        from rich.text import Text
+
+        if self.text is None:
+            return  # no line at all, rather than an empty one
+        line = Text("  partial: ", style="dim")
+        line.append(self.text, style="cyan")
+        line.no_wrap = True
+        line.overflow = "ellipsis"
+        yield line
+
+
+def _columns() -> list[Any]:
+    """The progress bar's columns: outcome or spinner, status, bar, %, steps, rate, ETA."""
+    from rich.progress import BarColumn, ProgressColumn, SpinnerColumn, Task, TaskProgressColumn
+    from rich.text import Text
+
+    class OutcomeColumn(SpinnerColumn):
+        """A spinner while the task runs, then a mark for how it ended."""
+
+        def render(self, task: Task) -> RenderableType:
+            outcome = task.fields.get("outcome")
+            if outcome is not None:
+                mark, style = outcome
+                return Text(mark, style=style)
+            return super().render(task)
+
+    class StatusColumn(ProgressColumn):
+        """The task's current status (and the error once it has failed)."""
+
+        def render(self, task: Task) -> Text:
+            outcome = task.fields.get("outcome")
+            style = outcome[1] if outcome is not None else "bold"
+            return Text(str(task.fields.get("status", "")), style=style)
+
+    class StepsColumn(ProgressColumn):
+        """`current/total` steps, when the task reports them."""
+
+        def render(self, task: Task) -> Text:
+            if task.total is None or not task.fields.get("steps", False):
+                return Text("")
+            done = f"{format_number(task.completed)}/{format_number(task.total)}"
+            return Text(done, style="progress.download")
+
+    class RateColumn(ProgressColumn):
+        """Steps per second, from rich's moving estimate."""
+
+        def render(self, task: Task) -> Text:
+            speed = task.speed
+            if task.total is None or speed is None or task.fields.get("outcome") is not None:
+                return Text("")
+            return Text(f"{speed:.2f} steps/s", style="progress.data.speed")
+
+    class TimeColumn(ProgressColumn):
+        """The ETA while the task runs; how long it took once it has ended."""
+
+        max_refresh = 0.5
+
+        def render(self, task: Task) -> Text:
+            took = task.fields.get("took")
+            if took is not None:
+                return Text(f"in {took:.1f}s", style="progress.elapsed")
+            remaining = task.time_remaining
+            if task.total is None or remaining is None:
+                return Text("")
+            minutes, seconds = divmod(int(remaining + 0.5), 60)
+            return Text(f"eta {minutes}:{seconds:02d}", style="progress.remaining")
+
+    return [
+        OutcomeColumn(),
+        StatusColumn(),
+        BarColumn(bar_width=32),
+        TaskProgressColumn(),
+        StepsColumn(),
+        RateColumn(),
+        TimeColumn(),
+    ]
+
+
+class LiveDisplay:
+    """The rich display: status and bar redrawn in place, log lines printed above them."""
+
+    def __init__(self, console: Console, *, transient: bool = False) -> None:
+        from rich.console import Group
+        from rich.live import Live
+        from rich.progress import Progress as RichProgress
+
+        self._console = console
+        self._bar: RichProgress = RichProgress(*_columns(), console=console)
+        self._row: TaskID = self._bar.add_task("", total=None, status="starting")
+        self._partial = _PartialLine()
+        self._live: Live = Live(
+            Group(self._bar, self._partial),
+            console=console,
+            transient=transient,
+            refresh_per_second=10,
+        )
+        self._task_id: str | None = None
+        self._started = time.monotonic()
+
+    def __enter__(self) -> Self:
+        self._live.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._live.stop()
+
+    def refresh(self) -> None:
+        """Redraw now (the display also redraws itself ten times a second)."""
+        self._live.refresh()
+
+    def show(self, update: TaskUpdate) -> None:
+        """Fold one update into the display."""
+        from rich.text import Text
+
+        if update.id != self._task_id:
+            self._task_id = update.id
+            self._console.print(Text(f"task {update.id}", style="dim"))
+        for line in update.logs:
+            self._console.print(Text(line), soft_wrap=True)
+        fields: dict[str, Any] = {}
+        if update.status is not TaskStatus.UNKNOWN:
+            fields["status"] = status_text(update)
+        progress = _known(update.progress)
+        if progress is not None:
+            fields.update(total=progress.total, completed=progress.current, steps=True)
+        if update.partial_output is not None:
+            self._partial.text = compact_json(update.partial_output)
+        if update.status.is_terminal:
+            self._partial.text = None
+            fields["outcome"] = _OUTCOME_STYLES.get(update.status, ("■", "yellow"))
+            fields["took"] = time.monotonic() - self._started
+            if update.status is TaskStatus.COMPLETED:
+                total = self._bar.tasks[0].total
+                if total is None:  # no progress was reported: a finished task is 100 % done
+                    fields.update(total=1, completed=1)
+                else:
+                    fields["completed"] = total
+        # Drawn by the live display's own refresh (10 per second), not once per update: a
+        # chatty task must not pay for a redraw per line.
+        self._bar.update(self._row, **fields)
