@@ -56,7 +56,6 @@ class TaskStream(AsyncIterator[TaskUpdate]):
         self._batches = batches
         self._batch: list[TaskUpdate] = []
         self._index = 0
-        self.task_id: str | None = None
 
     def __aiter__(self) -> Self:
         return self
@@ -68,8 +67,12 @@ class TaskStream(AsyncIterator[TaskUpdate]):
             self._index = 0
         update = self._batch[self._index]
         self._index += 1
-        self.task_id = update.id
         return update
+
+    @property
+    def task_id(self) -> str | None:
+        """The id of the task, once its first update has been handed out."""
+        return self._batch[self._index - 1].id if self._index else None
 
     def batches(self) -> AsyncIterator[list[TaskUpdate]]:
         """The not yet consumed updates, a batch at a time (for bridging to other threads)."""

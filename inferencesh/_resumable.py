@@ -95,9 +95,11 @@ class _LineFramer:
 
 def _frames(
     decoder: SSEDecoder | None, framer: _LineFramer | None, chunk: bytes, tracker: Tracker[Any]
-) -> tuple[list[tuple[str | bytes, str | None]], SSELineTooLongError | None]:
+) -> tuple[list[str] | list[bytes], list[str] | None, SSELineTooLongError | None]:
+    """The payloads completed by `chunk`, their SSE ids (None for NDJSON), and a framing error
+    that came after them."""
     if framer is not None:
-        return [(line, None) for line in framer.feed(chunk)], None
+        return framer.feed(chunk), None, None
     assert decoder is not None
     error: SSELineTooLongError | None = None
     try:
@@ -106,7 +108,8 @@ def _frames(
         events, error = exc.events, exc
     if decoder.retry is not None:
         tracker.server_retry = decoder.retry / 1000
-    return [(e.data, e.id) for e in events if e.data], error
+    events = [e for e in events if e.data]
+    return [e.data for e in events], [e.id for e in events], error
 
 
 async def _read_connection(
@@ -132,24 +135,26 @@ async def _read_connection(
             size = options.chunk_size
             if not chunk:
                 return
-            frames, too_long = _frames(decoder, framer, chunk, tracker)
+            payloads, ids, too_long = _frames(decoder, framer, chunk, tracker)
             failure: InferenceshError | None = too_long
             batch: list[T] = []
+            absorb, extend = tracker.absorb, batch.extend
+            done = 0
             try:
-                for raw, event_id in frames:
+                for raw in payloads:
                     try:
                         payload = loads(raw)
                     except _DECODE_ERRORS as exc:
-                        raise ProtocolError(
-                            f"stream event is not valid JSON: {raw[:80]!r}"
-                        ) from exc
-                    batch.extend(tracker.absorb(payload))
-                    if event_id is not None:
-                        tracker.last_event_id = event_id
+                        text = f"stream event is not valid JSON: {raw[:80]!r}"
+                        raise ProtocolError(text) from exc
+                    extend(absorb(payload))
+                    done += 1
                     if tracker.finished:
                         break
             except InferenceshError as exc:
                 failure = exc  # raised below, once what came before it is delivered
+            if ids and done:
+                tracker.last_event_id = ids[done - 1]
             if tracker.finished:
                 # Release the connection before handing out the last items, so a consumer
                 # that returns right after them leaves nothing open.
