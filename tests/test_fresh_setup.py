@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -81,6 +83,29 @@ def test_fresh_venv_installs_and_runs_the_main_job(tmp_path: Path) -> None:
     last = json.loads(job.stdout.splitlines()[-1])
     assert ("completed", 10) == (last["status"], last["status_code"])
     assert "simulated infsh/flux-schnell output for A sunset timelapse" == last["output"]["text"]
+
+    # `python -m inferencesh serve` from the clean install serves a task end to end.
+    server = subprocess.Popen(
+        [python, "-m", "inferencesh", "serve", "--port", "0"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        ready, _, _ = select.select([server.stdout], [], [], max(1.0, deadline - time.monotonic()))
+        assert ready, "serve printed nothing before the deadline"
+        url = server.stdout.readline().strip().rsplit(" ", 1)[-1]
+        assert url.startswith("http://127.0.0.1:"), url
+        served = run(
+            python, "-m", "inferencesh", "run", "infsh/flux-schnell", "--base-url", url,
+            "--api-key", "k", "--json", cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert 0 == served.returncode, served.stderr
+        assert "completed" == json.loads(served.stdout.splitlines()[-1])["status"]
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, server_err = server.communicate(timeout=30)
+    assert 0 == server.returncode, server_err
+    assert "Traceback" not in server_err
 
     # The README's first command, with the new environment active (no second venv).
     active = {**env, "VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{env['PATH']}"}
