@@ -7,8 +7,10 @@ emulator served by the test (and any INFERENCE_API_KEY), so the blocks are self-
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +136,103 @@ def test_status_table_matches_the_codes() -> None:
     assert {str(s.code): s.name for s in TaskStatus if s.name != "SCHEDULED"} == rows
     assert TaskStatus.SCHEDULED is TaskStatus.DISPATCHED
     assert "`SCHEDULED` is the same member" in text
+
+
+# -- shell blocks -----------------------------------------------------------------------------
+
+# Lines another check runs instead of this file, and why.
+RUN_ELSEWHERE = {
+    "bash scripts/demo": "tests/test_fresh_setup.py runs it in a fresh virtual environment",
+    "bash scripts/test": "it is the command that runs this very suite (.ci/run)",
+    "pip install -e .": "scripts/test runs it; tests/test_fresh_setup.py installs from scratch",
+    "pip install -e '.[cli]'": "tests/test_fresh_setup.py installs '.[cli]' from scratch",
+}
+
+# A module for the README's `--app acme/shout=myapps:shout` line.
+MYAPPS = """
+async def shout(input, ctx):
+    ctx.log("shouting")
+    return {"text": str(input.get("text", "")).upper()}
+"""
+
+
+def shell_lines() -> list[str]:
+    """Every command line of the README's ```bash blocks, comments dropped."""
+    lines = []
+    for _, code in blocks("bash"):
+        for line in code.splitlines():
+            command = re.split(r"\s{2,}#", line, maxsplit=1)[0].strip()
+            if command and not command.startswith("#"):
+                lines.append(command)
+    return lines
+
+
+def _shell_env(server: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_")}
+    # What the README's `export` line sets, pointed at the test's emulator.
+    env.update(INFERENCE_BASE_URL=server, INFERENCE_API_KEY="anything")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _serve_and_use(command: str, env: dict[str, str], cwd: Path) -> None:
+    """Start a README `serve` line on a free port, use it, then stop it with Ctrl-C."""
+    command = command.replace("--port 8080", "--port 0")
+    proc = subprocess.Popen(
+        ["bash", "-c", f"exec {command}"], cwd=cwd, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+        assert url.startswith("http://127.0.0.1:"), url
+        app = "acme/shout" if "acme/shout" in command else "infsh/flux-schnell"
+        used = subprocess.run(
+            [sys.executable, "-m", "inferencesh", "run", app, "--input", '{"text": "hi"}',
+             "--base-url", url, "--api-key", "k", "--json"],
+            capture_output=True, text=True, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        assert 0 == used.returncode, used.stderr
+        last = json.loads(used.stdout.splitlines()[-1])
+        assert "completed" == last["status"]
+        if app == "acme/shout":
+            assert {"text": "HI"} == last["output"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert 0 == proc.returncode, err
+
+
+def test_shell_lines_run_elsewhere_are_in_the_readme() -> None:
+    """The lines left to other checks are all still there, so none is silently unchecked."""
+    assert set(RUN_ELSEWHERE) == set(RUN_ELSEWHERE) & set(shell_lines())
+
+
+@pytest.mark.parametrize("command", [c for c in shell_lines() if c not in RUN_ELSEWHERE])
+def test_shell_line_runs(command: str, server: str, tmp_path: Path) -> None:
+    """Each shell command in the README runs as written (placeholders filled in) and succeeds."""
+    env = _shell_env(server)
+    if command.startswith("export "):
+        assert ["INFERENCE_API_KEY", "INFERENCE_BASE_URL"] == sorted(
+            part.split("=", 1)[0] for part in command.split()[1:]
+        )
+        return
+    (tmp_path / "myapps.py").write_text(MYAPPS, encoding="utf-8")
+    (tmp_path / "input.json").write_text('{"prompt": "from a file"}', encoding="utf-8")
+    if " serve " in f"{command} ":
+        _serve_and_use(command, env, tmp_path)
+        return
+    command = command.replace("URL", server).replace("KEY", "k")
+    piped_to_jq = command.endswith("| jq .status")
+    command = command.removesuffix("| jq .status").strip()
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert 0 == done.returncode, done.stderr
+    if piped_to_jq:
+        assert "completed" == json.loads(done.stdout.splitlines()[-1])["status"]
+    elif command.startswith("inferencesh run"):
+        assert "status: completed" in done.stdout.splitlines()
+    else:
+        assert done.stdout.strip()
