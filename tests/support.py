@@ -11,6 +11,19 @@ from inferencesh.local import Emulator, EmulatorOptions
 
 SEED = Path(__file__).with_name("seed_streaming_reference.md")
 
+# The statuses a simulated task walks through, in order, as the emulator streams them.
+FLOW = [
+    "received",
+    "queued",
+    "dispatched",
+    "preparing",
+    "serving",
+    "setting_up",
+    "running",
+    "uploading",
+    "completed",
+]
+
 # Zero client-side waits; the emulator's `retry:` hint (10 ms here) still sets the pace.
 FAST = StreamingOptions(retry_delay=0.0, retry_jitter=0.0, max_retries=5)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import fast_emulator
+from support import FLOW, fast_emulator
 
 from inferencesh import Progress, TaskStatus, TaskUpdate, UsageError, async_inference, inference
 from inferencesh.cli import main
@@ -34,17 +34,6 @@ from inferencesh.progress import LiveDisplay, atrack, track
 
 APP = "infsh/flux-schnell"
 AGENT = "my-org/assistant@latest"
-FLOW = [
-    "received",
-    "queued",
-    "dispatched",
-    "preparing",
-    "serving",
-    "setting_up",
-    "running",
-    "uploading",
-    "completed",
-]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 HINT = "pip install 'inferencesh[cli]'"
 

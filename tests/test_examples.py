@@ -8,22 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support import seed_examples
+from support import FLOW, seed_examples
 
 from inferencesh.local import Emulator
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-FLOW = [
-    "received",
-    "queued",
-    "dispatched",
-    "preparing",
-    "serving",
-    "setting_up",
-    "running",
-    "uploading",
-    "completed",
-]
 
 # The seed document's sections and the script that answers each.
 SECTIONS = {
