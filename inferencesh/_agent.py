@@ -113,12 +113,8 @@ class ChatTracker:
         self._assistant_id = assistant_id
         self._messages: dict[str, _MessageState] = {}
         self._dispatched: set[str] = set()
-        self._finished = False
-
-    @property
-    def finished(self) -> bool:
+        self.finished = False
         """Whether the run has ended (completed, failed or stopped)."""
-        return self._finished
 
     def absorb(self, payload: Any) -> Sequence[AgentEvent]:
         """Fold one chat-stream payload in; return the events that are new to the caller."""
@@ -199,7 +195,7 @@ class ChatTracker:
         state = run.get("state") if isinstance(run, Mapping) else None
         if state in _RUNNING_STATES:
             return []
-        self._finished = True
+        self.finished = True
         if state == "failed":
             error = run.get("error") if isinstance(run, Mapping) else None
             raise AgentError(f"the agent run in chat {self.chat_id} failed: {error or 'no reason'}")

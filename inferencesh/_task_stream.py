@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from ._converters import structure_task
-from ._events import TaskUpdate
+from ._converters import WireTask, structure_task
+from ._events import Progress, TaskUpdate, new_progress, new_update
 from ._exceptions import ProtocolError
 from ._resumable import resumable_stream
-from ._status import TaskStatus
+from ._status import _BY_CODE, TaskStatus
 from ._streaming import StreamingOptions
 from ._transport import Transport
 
@@ -26,8 +26,11 @@ __all__ = ["TaskTracker", "merge_delta", "stream_task_updates"]
 logger = logging.getLogger("inferencesh.stream")
 
 _NOTHING: Any = object()
+_NO_UPDATE: tuple[TaskUpdate, ...] = ()
 _RANK = {status: status.rank for status in TaskStatus}
+_UNKNOWN = TaskStatus.UNKNOWN
 _TERMINAL = frozenset(status for status in TaskStatus if status.is_terminal)
+_NUMBERS = (int, float)
 
 
 class TaskTracker:
@@ -39,90 +42,152 @@ class TaskTracker:
         self.label = f"task {task_id}"
         self.status = TaskStatus.UNKNOWN
         self.logs_seen = 0
-        self.progress: Any = None
+        self.progress: Progress | None = None
         self.partial_output: Any = _NOTHING
         self.delta: dict[str, Any] = {}
         self.last_event_id = ""
         self.server_retry: float | None = None
-        self.final: TaskUpdate | None = None
-
-    @property
-    def finished(self) -> bool:
+        self.finished = False
         """Whether the terminal update has been produced."""
-        return self.final is not None
 
-    def absorb(self, payload: Any) -> Sequence[TaskUpdate]:
-        """Fold one decoded payload in; return the update to yield, if anything is new."""
-        update = self._absorb(payload)
-        return () if update is None else (update,)
+    def absorb(self, obj: Any) -> Sequence[TaskUpdate]:
+        """Fold one decoded payload in; return the update to yield, if anything is new.
 
-    def _absorb(self, obj: Any) -> TaskUpdate | None:
-        if type(obj) is not dict and not isinstance(obj, Mapping):
-            raise ProtocolError(f"stream payload must be a JSON object, got {type(obj).__name__}")
-        if obj.get("type") == "heartbeat":
-            return None
-        event = obj.get("event")
-        if event == "delta":
-            return self._absorb_delta(obj)
-        if event is not None and "fields" not in obj:
-            logger.debug("ignoring %r event on task %s", event, self.task_id)
-            return None
-        wire = structure_task(obj, task_id=self.task_id)
-        if wire.partial:
-            new_logs = wire.logs
-            self.logs_seen += len(new_logs)
-        elif wire.has_logs:
-            new_logs = wire.logs[self.logs_seen :]
-            self.logs_seen = max(self.logs_seen, len(wire.logs))
+        This runs once per stream event, so a well-formed payload takes a path that reads its
+        fields directly; anything else is validated by `structure_task` first, which raises
+        `ProtocolError` naming a malformed field.
+        """
+        if type(obj) is dict:
+            if obj.get("type") == "heartbeat":
+                return _NO_UPDATE
+            event = obj.get("event")
+            if event is not None:
+                if event == "delta":
+                    return self._absorb_delta(obj)
+                if "fields" not in obj:
+                    logger.debug("ignoring %r event on task %s", event, self.task_id)
+                    return _NO_UPDATE
+            partial = "fields" in obj and "data" in obj
+            payload = obj["data"] if partial else obj
+        elif isinstance(obj, Mapping):
+            partial, payload = False, obj
         else:
-            new_logs = ()
-        status = wire.status
-        # UNKNOWN (a partial update without a status) has rank 0 and so never changes it.
-        status_changed = _RANK[status] > _RANK[self.status]
-        if status_changed:
-            self.status = status
-        progress = wire.progress
-        progress_changed = progress is not None and progress != self.progress
-        if progress_changed:
-            self.progress = progress
-        terminal = self.status in _TERMINAL
+            raise ProtocolError(f"stream payload must be a JSON object, got {type(obj).__name__}")
+        raw = payload
+        well_formed = type(payload) is dict
+        if well_formed:
+            task_id = payload.get("id", self.task_id)
+            code = payload.get("status")
+            raw_logs = payload.get("logs")
+            raw_progress = payload.get("progress")
+            session_id = payload.get("session_id")
+            well_formed = (
+                type(task_id) is str
+                and task_id != ""
+                and (type(code) is int or code is None)
+                and (raw_logs is None or type(raw_logs) is list)
+                and (session_id is None or type(session_id) is str)
+                and (
+                    raw_progress is None
+                    or (
+                        type(raw_progress) is dict
+                        and type(raw_progress.get("current")) in _NUMBERS
+                        and type(raw_progress.get("total")) in _NUMBERS
+                    )
+                )
+                and (not raw_logs or all(type(line) is str for line in raw_logs))
+            )
+        if not well_formed:
+            payload = _well_formed(structure_task(obj, task_id=self.task_id))
+            task_id = payload["id"]
+            code = payload["status"]
+            raw_logs = payload["logs"]
+            raw_progress = payload["progress"]
+            session_id = payload["session_id"]
+
+        if not raw_logs:
+            new_logs: tuple[str, ...] = ()
+        elif partial:  # a partial update lists only new lines; a snapshot lists all so far
+            new_logs = tuple(raw_logs)
+            self.logs_seen += len(new_logs)
+        else:
+            new_logs = tuple(raw_logs[self.logs_seen :])
+            self.logs_seen = max(self.logs_seen, len(raw_logs))
+        status = self.status
+        status_changed = False
+        if code is not None:
+            new_status = _BY_CODE.get(code, _UNKNOWN)
+            # A status never goes backwards; UNKNOWN has rank 0 and so never changes it.
+            if _RANK[new_status] > _RANK[status]:
+                status = self.status = new_status
+                status_changed = True
+        progress = self.progress
+        progress_changed = False
+        if raw_progress is not None:
+            current, total = raw_progress["current"], raw_progress["total"]
+            if progress is None or current != progress.current or total != progress.total:
+                progress = self.progress = new_progress(current, total)
+                progress_changed = True
+        output = payload.get("output")
+        terminal = status in _TERMINAL
         # A running task's output is intermediate; only a finished task has its final output.
-        partial = None if terminal else wire.raw.get("partial_output", wire.output)
-        partial_changed = partial is not None and partial != self.partial_output
-        if partial_changed:
-            self.partial_output = partial
-        if not (status_changed or new_logs or progress_changed or partial_changed):
-            return None
-        update = TaskUpdate(
-            wire.id,
-            self.status,
+        partial_output = None if terminal else payload.get("partial_output", output)
+        if partial_output is not None and partial_output != self.partial_output:
+            self.partial_output = partial_output
+        else:
+            partial_output = None
+        if not (status_changed or new_logs or progress_changed or partial_output is not None):
+            return _NO_UPDATE
+        update = new_update(
+            task_id,
+            status,
             new_logs,
-            self.progress,
-            partial if partial_changed else None,
-            wire.output if terminal else None,
-            wire.error,
-            wire.session_id,
-            wire.raw,
+            progress,
+            partial_output,
+            output if terminal else None,
+            payload.get("error"),
+            session_id or None,
+            raw,
         )
         if terminal:
-            self.final = update
-        return update
+            self.finished = True
+        return (update,)
 
-    def _absorb_delta(self, obj: Mapping[str, Any]) -> TaskUpdate | None:
+    def _absorb_delta(self, obj: Mapping[str, Any]) -> Sequence[TaskUpdate]:
         data = obj.get("data")
         delta = data.get("delta") if isinstance(data, Mapping) else None
         if not delta or not isinstance(delta, Mapping):
-            return None
+            return _NO_UPDATE
         merge_delta(self.delta, delta)
         snapshot = copy.deepcopy(self.delta)
         self.partial_output = snapshot
-        return TaskUpdate(
+        update = TaskUpdate(
             id=self.task_id,
             status=self.status,
             progress=self.progress,
             partial_output=snapshot,
             raw=obj,
         )
+        return (update,)
+
+
+def _well_formed(wire: WireTask) -> dict[str, Any]:
+    """A validated payload in the exact shapes `TaskTracker.absorb` reads directly."""
+    progress = wire.progress
+    payload = {
+        "id": wire.id,
+        "status": wire.status.code,
+        "logs": list(wire.logs),
+        "progress": None
+        if progress is None
+        else {"current": progress.current, "total": progress.total},
+        "output": wire.output,
+        "error": wire.error,
+        "session_id": wire.session_id,
+    }
+    if "partial_output" in wire.raw:
+        payload["partial_output"] = wire.raw["partial_output"]
+    return payload
 
 
 def merge_delta(state: dict[str, Any], delta: Mapping[str, Any]) -> None:

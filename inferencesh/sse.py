@@ -18,7 +18,9 @@ without bound.
 from __future__ import annotations
 
 import contextlib
-from typing import Final
+from itertools import repeat
+from operator import itemgetter
+from typing import Final, NoReturn
 
 import attrs
 
@@ -37,6 +39,13 @@ class ServerSentEvent:
 
 
 _BOM: Final = b"\xef\xbb\xbf"
+
+# What a chunk dispatched: the events' types, data and ids, as three lists in order.
+_Dispatched = tuple[list[str], list[str], list[str]]
+# Below this many complete lines in a chunk, looking for a run of events does not pay.
+_MIN_RUN_LINES: Final = 8
+_after_data_colon_space = itemgetter(slice(6, None))
+_after_id_colon_space = itemgetter(slice(4, None))
 
 # Built once: dispatching is the per-event hot path, and the attrs-generated `__init__` of a frozen
 # class goes through `object.__setattr__` per field. Setting the slots through their descriptors
@@ -111,6 +120,16 @@ class SSEDecoder:
 
         Raises `SSELineTooLongError` when a line passes `max_line_bytes`.
         """
+        types, datas, ids = self._decode(chunk)
+        return list(map(_make_event, types, datas, ids))
+
+    def feed_data(self, chunk: bytes) -> tuple[list[str], list[str]]:
+        """Like `feed`, for consumers that ignore event types: the data of each event `chunk`
+        completed, and the event's id, as two lists in order. No event objects are built."""
+        _, datas, ids = self._decode(chunk)
+        return datas, ids
+
+    def _decode(self, chunk: bytes) -> _Dispatched:
         if self._broken:
             raise SSELineTooLongError(
                 "the SSE decoder is closed after a line exceeded max_line_bytes"
@@ -118,13 +137,13 @@ class SSEDecoder:
         if self._bom is not None:
             chunk = self._strip_bom(chunk)
         if not chunk:
-            return []
+            return [], [], []
         if self._pending_cr:
             self._pending_cr = False
             if chunk[0] == 0x0A:
                 chunk = chunk[1:]
                 if not chunk:
-                    return []
+                    return [], [], []
         if b"\r" in chunk:
             # A CR ending the chunk ends its line now (so its event is not held back); an LF
             # that may follow it at the start of the next chunk is then skipped.
@@ -136,8 +155,8 @@ class SSEDecoder:
             # No line end in this chunk: keep the piece; nothing is complete.
             partial += chunk
             if len(partial) > self._max_line_bytes:
-                self._fail([])
-            return []
+                self._fail(([], [], []))
+            return [], [], []
         over = len(partial) + len(chunk) > self._max_line_bytes
         # `body` is the complete lines without their last terminator; `tail` the new partial.
         tail = chunk[cut + 1 :]
@@ -175,17 +194,71 @@ class SSEDecoder:
         self._bom = None
         return head[len(_BOM) :] if head.startswith(_BOM) else head
 
-    def _fail(self, events: list[ServerSentEvent]) -> None:
+    def _fail(self, dispatched: _Dispatched) -> NoReturn:
         self._broken = True
         self._partial = bytearray()
         self._data = []
         raise SSELineTooLongError(
-            f"an SSE line exceeded max_line_bytes={self._max_line_bytes}", events=events
+            f"an SSE line exceeded max_line_bytes={self._max_line_bytes}",
+            events=list(map(_make_event, *dispatched)),
         )
 
-    def _interpret(self, lines: list[str]) -> list[ServerSentEvent]:
-        # WHATWG 9.2.6 over complete lines, terminators removed.
-        events: list[ServerSentEvent] = []
+    def _interpret(self, lines: list[str]) -> _Dispatched:
+        # WHATWG 9.2.6 over complete lines, terminators removed. A busy stream is mostly a run
+        # of same-shaped events, which `_run` takes whole; the rest goes line by line.
+        out: _Dispatched = ([], [], [])
+        start = 0
+        if len(lines) >= _MIN_RUN_LINES and "" in lines:
+            # Finish the event in progress, then look for a run from the next event's start.
+            start = lines.index("") + 1
+            self._lines(lines[:start], out)
+            start = self._run(lines, start, out)
+        self._lines(lines[start:] if start else lines, out)
+        return out
+
+    def _run(self, lines: list[str], start: int, out: _Dispatched) -> int:
+        """Take the run of `id: X` / `data: Y` / blank (or `data: Y` / blank) events that starts
+        at `start` and fills `lines` up to its last few lines; return where it ends (`start` if
+        there is none). Such events need none of the line-by-line rules: each has type
+        "message", data Y and id X (or the current last event id)."""
+        if start == len(lines):
+            return start
+        if lines[start].startswith("id: "):
+            period = 3
+        elif lines[start].startswith("data: "):
+            period = 2
+        else:
+            return start
+        count = (len(lines) - start) // period
+        if not count:
+            return start
+        end = start + count * period
+        id_lines = lines[start:end:3] if period == 3 else None
+        data_lines = lines[start + period - 2 : end : period]
+        if (
+            any(lines[start + period - 1 : end : period])  # a non-blank where a blank belongs
+            or not all(map(str.startswith, data_lines, repeat("data: ")))
+            or (
+                id_lines is not None
+                and (
+                    not all(map(str.startswith, id_lines, repeat("id: ")))
+                    or "\0" in "".join(id_lines)  # an id with NUL is ignored: go slowly
+                )
+            )
+        ):
+            return start
+        types, datas, ids = out
+        types += repeat("message", count)
+        datas += map(_after_data_colon_space, data_lines)
+        if id_lines is None:
+            ids += repeat(self.last_event_id, count)
+        else:
+            ids += map(_after_id_colon_space, id_lines)
+            self.last_event_id = ids[-1]
+        return end
+
+    def _lines(self, lines: list[str], out: _Dispatched) -> None:
+        types, datas, ids = out
         data = self._data
         event_type = self._event_type
         last_event_id = self.last_event_id
@@ -193,9 +266,9 @@ class SSEDecoder:
             if not line:
                 # A blank line dispatches. No data lines, no event; the type resets anyway.
                 if data:
-                    events.append(
-                        _make_event(event_type or "message", "\n".join(data), last_event_id)
-                    )
+                    types.append(event_type or "message")
+                    datas.append("\n".join(data))
+                    ids.append(last_event_id)
                     data = []
                 event_type = ""
                 continue
@@ -219,7 +292,6 @@ class SSEDecoder:
         self._data = data
         self._event_type = event_type
         self.last_event_id = last_event_id
-        return events
 
 
 def encode_sse(

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from inferencesh import Progress, ProtocolError, TaskStatus, TaskUpdate
 from inferencesh._converters import WireTask, structure_task
+from inferencesh._events import new_progress, new_update
 
 FIELD_NAMES = [
     "id",
@@ -555,3 +556,49 @@ def test_arbitrary_payload_raises_only_protocol_error(value: Any) -> None:
 def test_odd_digit_status_string_does_not_escape_converter() -> None:
     """A status like '²' is UNKNOWN and does not raise out of structure_task."""
     assert TaskStatus.UNKNOWN is structure_task({"id": "t", "status": "²"}).update.status
+
+
+_ANY = st.one_of(
+    st.none(),
+    st.integers(),
+    st.text(max_size=3),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+)
+
+
+@given(
+    task_id=st.text(min_size=1, max_size=4),
+    status=st.sampled_from(list(TaskStatus)),
+    logs=st.lists(st.text(max_size=3), max_size=3).map(tuple),
+    progress=st.none() | st.builds(Progress, st.integers(0, 9), st.integers(0, 9)),
+    partial_output=_ANY,
+    output=_ANY,
+    error=_ANY,
+    session_id=st.none() | st.text(max_size=3),
+    raw=st.dictionaries(st.text(max_size=3), st.integers(), max_size=3),
+)
+def test_fast_constructors_build_what_init_builds(
+    task_id: str,
+    status: TaskStatus,
+    logs: tuple[str, ...],
+    progress: Progress | None,
+    partial_output: Any,
+    output: Any,
+    error: Any,
+    session_id: str | None,
+    raw: dict[str, Any],
+) -> None:
+    """`new_update`/`new_progress` (the streams' constructors) and `__init__` agree on every
+    field, default or not, and on everything built from the fields."""
+    args = (task_id, status, logs, progress, partial_output, output, error, session_id, raw)
+    fast, slow = new_update(*args), TaskUpdate(*args)
+    assert type(fast) is TaskUpdate
+    assert attrs.astuple(slow, recurse=False) == attrs.astuple(fast, recurse=False)
+    assert (slow, repr(slow), list(slow.keys())) == (fast, repr(fast), list(fast.keys()))
+    assert attrs.evolve(slow, logs=("x",)) == attrs.evolve(fast, logs=("x",))
+    if progress is not None:
+        assert Progress(progress.current, progress.total) == new_progress(
+            progress.current, progress.total
+        )
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        fast.status = TaskStatus.FAILED  # type: ignore[misc]

@@ -306,3 +306,103 @@ def test_line_bound(stream: bytes, limit: int, data: st.DataObject) -> None:
         with pytest.raises(SSELineTooLongError) as again:
             decoder.feed(b"data: x\n\n")
         assert again.value.events == []
+
+
+# --- 4. runs of same-shaped events (the decoder's fast path for busy streams) ---------------
+
+_RUN_EVENT = st.one_of(
+    st.builds(
+        lambda n, d: b"id: %d\ndata: %s\n\n" % (n, d), st.integers(0, 99), st.binary(max_size=6)
+    ),
+    st.builds(lambda d: b"data: %s\n\n" % d, st.binary(max_size=6)),
+)
+# What may break a run: comments, other fields, multi-line data, ids with NUL or no space,
+# the other line ends, and bytes that are not UTF-8.
+_RUN_BREAKER = st.sampled_from(
+    [
+        b": ping\n\n",
+        b"event: x\ndata: e\n\n",
+        b"data: a\ndata: b\n\n",
+        b"id: 1\x002\ndata: n\n\n",
+        b"id:3\ndata: s\n\n",
+        b"data:t\n\n",
+        b"retry: 5\n",
+        b"id: 4\r\ndata: c\r\n\r\n",
+        b"data: \xff\xfe\n\n",
+        b"id: \n\n",
+        b"\n",
+    ]
+)
+_RUN_STREAM = st.lists(
+    st.one_of(st.lists(_RUN_EVENT, min_size=1, max_size=12).map(b"".join), _RUN_BREAKER),
+    max_size=8,
+).map(b"".join)
+
+
+@PROPERTY_SETTINGS
+@given(stream=_RUN_STREAM, data=st.data())
+def test_runs_of_events_match_reference_under_any_chunking(
+    stream: bytes, data: st.DataObject
+) -> None:
+    """Streams made mostly of runs of `id`/`data` events decode exactly, however cut, through
+    both `feed` and `feed_data`."""
+    chunks = draw_chunks(data, stream)
+    decoder, plain = SSEDecoder(), SSEDecoder()
+    events = [event for chunk in chunks for event in decoder.feed(chunk)]
+    datas: list[str] = []
+    ids: list[str] = []
+    for chunk in chunks:
+        more_data, more_ids = plain.feed_data(chunk)
+        datas += more_data
+        ids += more_ids
+    expected, retry, last_event_id = reference(stream)
+    assert expected == events
+    assert [(e.data, e.id) for e in expected] == list(zip(datas, ids, strict=True))
+    assert (retry, last_event_id) == (decoder.retry, decoder.last_event_id)
+    assert (retry, last_event_id) == (plain.retry, plain.last_event_id)
+
+
+@pytest.mark.parametrize("with_ids", [True, False])
+def test_a_long_run_skips_the_line_by_line_rules(
+    with_ids: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path really is taken: only the lines around the run go line by line."""
+    seen: list[int] = []
+    original = SSEDecoder._lines
+
+    def counting(self: SSEDecoder, lines: list[str], out: object) -> None:
+        seen.append(len(lines))
+        original(self, lines, out)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SSEDecoder, "_lines", counting)
+    block = b'id: %d\ndata: {"n": %d}\n\n' if with_ids else b'data: {"n": %d}\n\n'
+    body = b"".join(block % ((n, n) if with_ids else (n,)) for n in range(1000))
+    datas, ids = SSEDecoder().feed_data(body[:-1])  # the last blank line is still to come
+    assert [f'{{"n": {n}}}' for n in range(999)] == datas
+    assert ([str(n) for n in range(999)] if with_ids else [""] * 999) == ids
+    assert sum(seen) < 10
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        b"id: 1\x002\ndata: nul\n\n",  # the id is ignored; the event keeps the previous id
+        b"id:7\ndata: no space\n\n",
+        b"id: 8\ndata:no space\n\n",
+        b"id: 9\nevent: typed\n\n",
+        b"id: 10\ndata: two\ndata: lines\n\n",
+        b"id: 11\n:comment\n\n",
+        b"id: 12\ndata: x\nretry: 50\n\n",
+    ],
+)
+def test_an_odd_event_inside_a_run_at_every_cut(odd: bytes) -> None:
+    """One event that is not the run's shape, in the middle of runs, cut at every byte."""
+    run = b"".join(b"id: %d\ndata: r%d\n\n" % (n, n) for n in range(6))
+    stream = run + odd + run + b"data: a\n\ndata: b\n\n" + odd + run
+    expected, _, last_event_id = reference(stream)
+    for cut in range(len(stream) + 1):
+        decoder = SSEDecoder()
+        first, second = decoder.feed_data(stream[:cut]), decoder.feed_data(stream[cut:])
+        pairs = list(zip(first[0] + second[0], first[1] + second[1], strict=True))
+        assert [(e.data, e.id) for e in expected] == pairs, cut
+        assert last_event_id == decoder.last_event_id

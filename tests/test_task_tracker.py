@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -106,3 +107,81 @@ def test_every_log_line_exactly_once_and_status_never_backwards(
     assert sorted(ranks) == ranks
     assert tracker.finished
     assert TaskStatus.COMPLETED == tracker.status
+
+
+_OUTPUTS = st.one_of(
+    st.none(), st.integers(0, 3), st.fixed_dictionaries({"text": st.sampled_from(["a", "b"])})
+)
+
+
+@st.composite
+def payloads(draw: st.DrawFn) -> dict[str, Any]:
+    """A task payload, snapshot or partial update, with the optional fields drawn freely."""
+    task: dict[str, Any] = {"id": "t"}
+    if draw(st.booleans()):
+        task["status"] = draw(st.sampled_from([1, 2, 7, 7, 7, 9, 10, 11, 12, 99]))
+    if draw(st.booleans()):
+        task["logs"] = draw(st.lists(st.sampled_from(["l1", "l2", "l3"]), max_size=3))
+    if draw(st.booleans()):
+        current = draw(st.integers(0, 3) | st.floats(0, 3))
+        task["progress"] = {"current": current, "total": draw(st.sampled_from([3, 3.0]))}
+    for key in ("output", "partial_output", "error"):
+        if draw(st.booleans()):
+            task[key] = draw(_OUTPUTS)
+    if draw(st.booleans()):
+        task["session_id"] = draw(st.sampled_from(["", "s1"]))
+    if draw(st.booleans()):
+        return {"data": task, "fields": sorted(task)}
+    return task
+
+
+def _validated_path(payload: dict[str, Any]) -> Any:
+    """The same payload, but not a dict: it takes the path that validates with cattrs first."""
+    if "fields" in payload:
+        return {**payload, "data": MappingProxyType(payload["data"])}
+    return MappingProxyType(payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(payloads(), max_size=12))
+def test_fast_path_and_validated_path_yield_the_same_updates(stream: list[dict[str, Any]]) -> None:
+    """Well-formed payloads are read directly; any other shape is validated first. Both must
+    make the same decisions, so the same stream gives equal updates either way."""
+    fast, validated = TaskTracker("t"), TaskTracker("t")
+    for payload in stream:
+        expected = list(validated.absorb(_validated_path(payload)))
+        assert expected == list(fast.absorb(payload))
+        assert (validated.status, validated.finished) == (fast.status, fast.finished)
+        if validated.finished:
+            break
+
+
+def test_hosted_shapes_are_read_like_the_plain_ones() -> None:
+    """Status names, log records and float progress take the validated path to the same result."""
+    plain, hosted = TaskTracker("t"), TaskTracker("t")
+    [expected] = plain.absorb(
+        {"id": "t", "status": 7, "logs": ["a"], "progress": {"current": 1, "total": 2}}
+    )
+    [update] = hosted.absorb(
+        {
+            "id": "t",
+            "status": "running",
+            "logs": [{"content": "a"}],
+            "progress": {"current": 1.0, "total": 2},
+        }
+    )
+    assert expected == update
+    assert [] == list(hosted.absorb({"id": "t", "status": 7, "logs": ["a"]}))
+
+
+def test_partial_output_field_wins_over_a_running_tasks_output() -> None:
+    """A running task's intermediate result is `partial_output` when the payload names one,
+    else its `output`; an unchanged one is not repeated; a finished task's `output` is final."""
+    tracker = TaskTracker("t")
+    [first] = tracker.absorb({"id": "t", "status": 7, "output": "o", "partial_output": "p"})
+    [second] = tracker.absorb({"id": "t", "status": 7, "output": "o2"})
+    assert [] == list(tracker.absorb({"id": "t", "status": 7, "output": "o2"}))
+    [final] = tracker.absorb({"id": "t", "status": 10, "output": "done", "partial_output": "p"})
+    assert ("p", None) == (first.partial_output, first.output)
+    assert ("o2", None) == (second.partial_output, second.output)
+    assert (None, "done") == (final.partial_output, final.output)
