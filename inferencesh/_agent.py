@@ -13,7 +13,8 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
@@ -21,7 +22,7 @@ import attrs
 
 from ._events import MappingReads
 from ._exceptions import AgentError, ProtocolError, ToolCallError, UsageError
-from ._resumable import resumable_stream
+from ._resumable import Frames, ItemStream, resumable_stream
 from ._streaming import StreamingOptions
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ class ChatTracker:
         self._dispatched: set[str] = set()
         self.finished = False
         """Whether the run has ended (completed, failed or stopped)."""
+        self.delivered = 0
 
     def absorb(self, payload: Any) -> Sequence[AgentEvent]:
         """Fold one chat-stream payload in; return the events that are new to the caller."""
@@ -324,9 +326,12 @@ class AsyncAgent:
         """The chat this agent talks in; set by the first message."""
         return self._chat_id
 
-    async def stream(self, text: str) -> AsyncIterator[AgentEvent]:
+    def stream(self, text: str) -> ItemStream[AgentEvent]:
         """Send `text` and yield what happens: text and thinking pieces, tool calls, and last
         the finished assistant `ChatMessage`. Raises `AgentError` if the run fails."""
+        return ItemStream(self._frames(text))
+
+    async def _frames(self, text: str) -> AsyncGenerator[Frames[AgentEvent], None]:
         if not isinstance(text, str):
             raise UsageError(f"message text must be a string, got {type(text).__name__}")
         reply = await self._client._request(
@@ -346,9 +351,10 @@ class AsyncAgent:
             assistant_id=str(assistant.get("id", "")),
         )
         options = self._options or self._client.streaming_options
-        async for batch in resumable_stream(self._client._transport, tracker, options):
-            for event in batch:
-                yield event
+        stream = resumable_stream(self._client._transport, tracker, options)
+        async with aclosing(stream) as frames:
+            async for batch in frames:
+                yield batch
 
     async def send_message(
         self,
@@ -377,7 +383,7 @@ class AsyncAgent:
                     await self._stop_after_failure()
                     raise
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
         return require_final(final, self._chat_id)
 
     async def _stop_after_failure(self) -> None:

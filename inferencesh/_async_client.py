@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping
+from contextlib import aclosing
 from types import TracebackType
 from typing import Any, Literal, Self, overload
 from urllib.parse import quote
@@ -22,9 +23,10 @@ from ._exceptions import (
     TaskTimeoutError,
     UsageError,
 )
+from ._resumable import Frames, ItemStream
 from ._status import TaskStatus
 from ._streaming import StreamingOptions
-from ._task_stream import stream_task_updates
+from ._task_stream import TaskTracker, stream_task_updates
 from ._transport import DEFAULT_BASE_URL, Transport
 
 __all__ = ["AsyncInference", "TaskStream", "async_inference"]
@@ -44,7 +46,7 @@ def _resolve_settings(api_key: str | None, base_url: str | None) -> tuple[str, s
     return key, url
 
 
-class TaskStream(AsyncIterator[TaskUpdate]):
+class TaskStream(ItemStream[TaskUpdate]):
     """A task's live updates: iterate with `async for`; ends after the terminal update.
 
     Iterating yields `TaskUpdate`s (completed, failed or cancelled is the last one; a failed
@@ -52,46 +54,11 @@ class TaskStream(AsyncIterator[TaskUpdate]):
     breaking out of the loop also releases it as soon as the stream object is dropped.
     """
 
-    def __init__(self, batches: AsyncIterator[list[TaskUpdate]]) -> None:
-        self._batches = batches
-        self._batch: list[TaskUpdate] = []
-        self._index = 0
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> TaskUpdate:
-        # Updates arrive in batches (one per network read); hand them out one at a time.
-        while self._index >= len(self._batch):
-            self._batch = await self._batches.__anext__()
-            self._index = 0
-        update = self._batch[self._index]
-        self._index += 1
-        return update
-
     @property
     def task_id(self) -> str | None:
         """The id of the task, once its first update has been handed out."""
-        return self._batch[self._index - 1].id if self._index else None
-
-    def batches(self) -> AsyncIterator[list[TaskUpdate]]:
-        """The not yet consumed updates, a batch at a time (for bridging to other threads)."""
-        return self._batches
-
-    async def aclose(self) -> None:
-        """Stop streaming and close the connection now."""
-        await self._batches.aclose()  # type: ignore[attr-defined]
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+        tracker = self.items().tracker
+        return tracker.task_id if isinstance(tracker, TaskTracker) and tracker.delivered else None
 
 
 class AsyncInference:
@@ -204,14 +171,16 @@ class AsyncInference:
 
     async def _run_stream(
         self, params: Params, options: StreamingOptions | None
-    ) -> AsyncIterator[list[TaskUpdate]]:
+    ) -> AsyncGenerator[Frames[TaskUpdate], None]:
         if not isinstance(params, Mapping):
             raise UsageError(f"params must be a mapping, got {type(params).__name__}")
         created = _require_task(await self._request("POST", "/apps/run", dict(params)))
-        async for batch in stream_task_updates(
+        stream = stream_task_updates(
             self._transport, created["id"], options or self._options, seed=created
-        ):
-            yield batch
+        )
+        async with aclosing(stream) as frames:
+            async for batch in frames:
+                yield batch
 
     async def _run_and_wait(self, params: Params, options: StreamingOptions | None) -> TaskUpdate:
         created = await self._create(params)

@@ -2,8 +2,15 @@
 
 The same machinery serves task streams and agent chat streams. A connection is read in
 `StreamingOptions.chunk_size` reads and framed by the SSE decoder, or by newlines when the
-server answers NDJSON. Each JSON payload goes to a `Tracker`, which knows the resource and
-decides what is new; this module knows only bytes, framing, and when and how to reconnect.
+server answers NDJSON. Each read's payloads are handed on as `Frames`, still unparsed;
+`StreamItems` parses them one at a time as the consumer asks and gives each to a `Tracker`,
+which knows the resource and decides what is new. This module knows only bytes, framing, and
+when and how to reconnect.
+
+Building items lazily is what keeps streams fast: only one event's objects are alive at a
+time, so the cyclic garbage collector never has to run over a backlog of them. It also means
+the consumer may run in another thread (the blocking client), fetching frames from the event
+loop with one call per network read.
 """
 
 from __future__ import annotations
@@ -11,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from contextlib import aclosing
+from types import TracebackType
+from typing import Any, Generic, NamedTuple, Protocol, Self, TypeVar
 
 from ._exceptions import (
     APIStatusError,
-    InferenceshError,
     ProtocolError,
     RetriesExhaustedError,
     SSELineTooLongError,
@@ -27,7 +35,7 @@ from ._streaming import StreamingOptions, compute_backoff
 from ._transport import Transport
 from .sse import SSEDecoder
 
-__all__ = ["ACCEPT", "Tracker", "resumable_stream"]
+__all__ = ["ACCEPT", "Frames", "ItemStream", "StreamItems", "Tracker", "resumable_stream"]
 
 logger = logging.getLogger("inferencesh.stream")
 
@@ -45,10 +53,6 @@ except ImportError:  # pragma: no cover - exercised when the speedups extra is a
     _DECODE_ERRORS = (ValueError,)
 
 _FIRST_READ = 1024
-# Items are handed on in small batches. A batch per network read would be fewer hand-offs, but
-# it keeps hundreds of fresh objects alive at once; the cyclic garbage collector then runs over
-# and over, promotes them, and ends in full collections that cost more than the hand-offs.
-_BATCH = 32
 
 # SSE first (it can resume); NDJSON is what the hosted API's official clients ask for.
 ACCEPT = "text/event-stream, application/x-ndjson;q=0.9"
@@ -67,6 +71,8 @@ class Tracker(Protocol[T_co]):
     """The server's SSE `retry:` hint, in seconds."""
     finished: bool
     """Whether the resource has ended, so the stream must stop."""
+    delivered: int
+    """How many payloads gave the consumer something; counted by `StreamItems`."""
 
     def absorb(self, payload: Any) -> Sequence[T_co]:
         """Fold one decoded payload in and return what is new for the consumer."""
@@ -90,9 +96,9 @@ class _LineFramer:
         if tail:
             self._pending.append(tail)
             self._pending_len += len(tail)
-        if self._pending_len > self._max or any(len(line) > self._max for line in lines):
+        if self._pending_len > self._max or max(map(len, lines), default=0) > self._max:
             raise ProtocolError(f"an NDJSON line is longer than {self._max} bytes")
-        return [line for line in lines if line.strip()]
+        return list(filter(bytes.strip, lines))  # blank lines carry nothing
 
 
 def _frames(
@@ -116,9 +122,18 @@ def _frames(
     return datas, ids, error
 
 
+class Frames(NamedTuple, Generic[T]):
+    """The payloads of one network read, for `tracker`: JSON texts, or decoded objects when
+    `decoded` (a task as the API's answer to a POST already holds it)."""
+
+    tracker: Tracker[T]
+    payloads: Sequence[Any]
+    decoded: bool = False
+
+
 async def _read_connection(
     transport: Transport, tracker: Tracker[T], options: StreamingOptions
-) -> AsyncIterator[list[T]]:
+) -> AsyncGenerator[Frames[T], None]:
     headers = {"Accept": ACCEPT, "Cache-Control": "no-cache"}
     if tracker.last_event_id:
         headers["Last-Event-ID"] = tracker.last_event_id
@@ -140,40 +155,15 @@ async def _read_connection(
             if not chunk:
                 return
             payloads, ids, too_long = _frames(decoder, framer, chunk, tracker)
-            failure: InferenceshError | None = too_long
-            batch: list[T] = []
-            absorb = tracker.absorb
-            done = 0
-            try:
-                for raw in payloads:
-                    try:
-                        payload = loads(raw)
-                    except _DECODE_ERRORS as exc:
-                        text = f"stream event is not valid JSON: {raw[:80]!r}"
-                        raise ProtocolError(text) from exc
-                    batch += absorb(payload)
-                    done += 1
-                    if tracker.finished:
-                        break
-                    if len(batch) == _BATCH:
-                        yield batch
-                        batch = []
-            except InferenceshError as exc:
-                failure = exc  # raised below, once what came before it is delivered
-            if ids and done:
-                tracker.last_event_id = ids[done - 1]
-            if tracker.finished:
-                # Release the connection before handing out the last items, so a consumer
-                # that returns right after them leaves nothing open.
-                resp.close()
-            if batch:
-                yield batch
-            # A failure the tracker raised (e.g. a failed agent run) ends the stream even though
-            # the resource is finished; a framing error after the end no longer matters.
-            if failure is not None and (failure is not too_long or not tracker.finished):
-                raise failure
-            if tracker.finished:
-                return
+            if payloads:
+                if ids:
+                    tracker.last_event_id = ids[-1]
+                yield Frames(tracker, payloads)
+                # The consumer asks for more only once it has absorbed all of these.
+                if tracker.finished:
+                    return
+            if too_long is not None:
+                raise too_long
 
 
 async def resumable_stream(
@@ -182,9 +172,9 @@ async def resumable_stream(
     options: StreamingOptions,
     *,
     on_reconnect: Callable[[int, float, BaseException], None] | None = None,
-) -> AsyncIterator[list[T]]:
-    """Yield what `tracker` finds new, in batches (one per network read), until it is finished,
-    reconnecting as needed. Batching keeps per-event overhead out of the layers above.
+) -> AsyncGenerator[Frames[T], None]:
+    """Yield the payloads of the resource's stream as `Frames` (one per network read) until
+    `tracker` is finished, reconnecting as needed. Consume them with `StreamItems`.
 
     Retryable failures (network, idle timeout, 429, 5xx, a stream that ends before the resource
     does) are retried with backoff, resuming with `Last-Event-ID`. `RetriesExhaustedError` ends
@@ -193,12 +183,12 @@ async def resumable_stream(
     """
     failures = 0
     while True:
-        progressed = False
+        delivered = tracker.delivered
         retry_after: float | None = None
         try:
-            async for batch in _read_connection(transport, tracker, options):
-                progressed = True
-                yield batch
+            async with aclosing(_read_connection(transport, tracker, options)) as frames:
+                async for batch in frames:
+                    yield batch
             if tracker.finished:
                 return
             error: BaseException = StreamInterruptedError(
@@ -210,7 +200,7 @@ async def resumable_stream(
             error, retry_after = exc, exc.retry_after
         except TransportError as exc:
             error = exc
-        if progressed:
+        if tracker.delivered > delivered:
             # Something new got through, so the connection was healthy: start counting afresh.
             # A reconnect that only repeats known state does not count, or a server that keeps
             # answering with nothing new would be retried forever.
@@ -235,3 +225,130 @@ async def resumable_stream(
         if on_reconnect is not None:
             on_reconnect(failures, delay, error)
         await asyncio.sleep(delay)
+
+
+class StreamItems(Generic[T]):
+    """The items a stream of `Frames` gives, built one at a time as the consumer asks.
+
+    `take` is plain code, so the consumer can run it in any thread; only `fetch` (the next
+    network read) and `aclose` must run on the event loop that owns the connection.
+    """
+
+    def __init__(self, source: AsyncGenerator[Frames[T], None]) -> None:
+        self._source = source
+        self._tracker: Tracker[T] | None = None
+        self._payloads: Iterator[Any] = iter(())
+        self._decoded = False
+        self._ready: list[T] = []  # the rest of one payload's items, last first
+        self._fetching: asyncio.Future[Frames[T]] | None = None
+        self.closing = False
+        """Set with the item that finishes the resource: close before handing it out."""
+
+    @property
+    def tracker(self) -> Tracker[T] | None:
+        """The tracker of the stream, once its first frames have arrived."""
+        return self._tracker
+
+    def take(self) -> T | None:
+        """The next item from the frames in hand, or None when more must be fetched."""
+        if self._ready:
+            return self._ready.pop()
+        tracker = self._tracker
+        if tracker is None:
+            return None
+        decoded = self._decoded
+        try:
+            for raw in self._payloads:
+                if decoded:
+                    payload = raw
+                else:
+                    try:
+                        payload = loads(raw)
+                    except _DECODE_ERRORS as exc:
+                        text = f"stream event is not valid JSON: {raw[:80]!r}"
+                        raise ProtocolError(text) from exc
+                items = tracker.absorb(payload)
+                if items:
+                    tracker.delivered += 1
+                    if tracker.finished:
+                        self.closing = True
+                        self._payloads = iter(())
+                    if len(items) > 1:
+                        self._ready = list(items[:0:-1])
+                    return items[0]
+        except BaseException:
+            self._payloads = iter(())  # nothing after a payload that failed
+            raise
+        return None
+
+    async def fetch(self) -> bool:
+        """Read the next frames; False once the stream has ended."""
+        # A task, so that `aclose` can stop a read that is still running: a consumer in another
+        # thread may give up (Ctrl-C) while its fetch goes on here.
+        self._fetching = asyncio.ensure_future(self._source.__anext__())
+        try:
+            frames = await self._fetching
+        except StopAsyncIteration:
+            return False
+        finally:
+            self._fetching = None
+        self._tracker = frames.tracker
+        self._payloads = iter(frames.payloads)
+        self._decoded = frames.decoded
+        return True
+
+    async def aclose(self) -> None:
+        """Close the source, and with it the connection."""
+        self.closing = False
+        fetching = self._fetching
+        if fetching is not None:
+            fetching.cancel()
+            await asyncio.wait([fetching])
+            if not fetching.cancelled():
+                fetching.exception()  # mark it retrieved: nobody wants that read any more
+        await self._source.aclose()
+
+
+class ItemStream(AsyncIterator[T]):
+    """A stream's items for `async for`. Leaving early (`break`, an exception, cancellation)
+    or reaching the end closes the connection; so do `aclose()` and `async with`."""
+
+    def __init__(self, source: AsyncGenerator[Frames[T], None]) -> None:
+        self._items = StreamItems(source)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        items = self._items
+        while True:
+            try:
+                item = items.take()
+            except BaseException:
+                await items.aclose()
+                raise
+            if item is not None:
+                if items.closing:
+                    await items.aclose()  # release the connection before the last item
+                return item
+            if not await items.fetch():
+                raise StopAsyncIteration
+
+    def items(self) -> StreamItems[T]:
+        """The items not yet consumed, for driving this stream from another thread."""
+        return self._items
+
+    async def aclose(self) -> None:
+        """Stop streaming and close the connection now."""
+        await self._items.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

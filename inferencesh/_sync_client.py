@@ -1,25 +1,25 @@
 """`Inference`, the blocking client: the async core run on a background event-loop thread.
 
 No protocol logic lives here. Each call hands an `AsyncInference` coroutine to the client's own
-event loop (an anyio blocking portal on a daemon thread) and waits for it. Streams cross the
-thread boundary in batches through a bounded buffer, so a slow consumer slows the reader down
-instead of growing memory. Leaving a call by any exception, KeyboardInterrupt included, cancels
-the work on the loop thread.
+event loop (an anyio blocking portal on a daemon thread) and waits for it. A stream fetches one
+network read's worth of raw payloads per call and builds its items here, in the consumer's
+thread, with the same `StreamItems` the async client uses; nothing is read ahead, so a slow
+consumer slows the reader down instead of growing memory. Leaving a call by any exception,
+KeyboardInterrupt included, cancels the work on the loop thread.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import inspect
 import os
 import threading
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from concurrent.futures import Future
 from types import TracebackType
-from typing import Any, Generic, Literal, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, overload
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
@@ -37,60 +37,17 @@ from ._events import TaskUpdate
 from ._exceptions import ToolCallError, UsageError
 from ._streaming import StreamingOptions
 
+if TYPE_CHECKING:  # the stream items' type only; the shim drives them, it holds no logic
+    from ._resumable import StreamItems
+
 __all__ = ["Agent", "Inference", "SyncStream", "inference"]
 
 T = TypeVar("T")
-
-# How many batches (each at most one network read's worth of events) may wait between the
-# loop thread and a slow consumer.
-_BUFFER = 64
 
 _live_clients: weakref.WeakSet[Inference] = weakref.WeakSet()
 # Objects that belonged to a parent process's event loop. A forked child keeps them alive but
 # never touches them: finalizing them would warn about sessions the child cannot close.
 _orphans: list[object] = []
-
-
-class _Pump(Generic[T]):
-    """Runs an async iterator of batches on the loop and buffers them for another thread."""
-
-    def __init__(self, source: AsyncIterator[list[T]]) -> None:
-        self._source = source
-        self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(_BUFFER)
-        self._task = asyncio.get_running_loop().create_task(self._produce())
-
-    async def _produce(self) -> None:
-        try:
-            async for batch in self._source:
-                await self._queue.put((_ITEM, batch))
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # handed to the consuming thread, which re-raises it
-            await self._queue.put((_ERROR, exc))
-        else:
-            await self._queue.put((_END, None))
-
-    async def next_batches(self) -> list[tuple[int, Any]]:
-        """Wait for at least one entry, then take everything already buffered."""
-        entries = [await self._queue.get()]
-        while entries[-1][0] == _ITEM and not self._queue.empty():
-            entries.append(self._queue.get_nowait())
-        return entries
-
-    async def aclose(self) -> None:
-        """Stop the producer and close the source (and with it, the connection)."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        # Wake a reader still waiting (its caller was interrupted while handing the call over).
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait((_END, None))
-        aclose = getattr(self._source, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-_ITEM, _END, _ERROR = 0, 1, 2
 
 
 class SyncStream(Iterator[T]):
@@ -100,12 +57,10 @@ class SyncStream(Iterator[T]):
     `for` loop drops the iterator and its clean-up runs; so do `close()` and the `with` block.
     """
 
-    def __init__(
-        self, client: Inference, make_source: Callable[[], AsyncIterator[list[T]]]
-    ) -> None:
+    def __init__(self, client: Inference, make_items: Callable[[], StreamItems[T]]) -> None:
         # The generator must not refer back to this object: a cycle would keep the connection
         # open after `break` until the cyclic garbage collector happened to run.
-        self._gen = _iterate(client, make_source)
+        self._gen = _iterate(client, make_items)
 
     def __iter__(self) -> Iterator[T]:
         return self._gen
@@ -130,27 +85,20 @@ class SyncStream(Iterator[T]):
 
 
 def _iterate(
-    client: Inference, make_source: Callable[[], AsyncIterator[list[T]]]
+    client: Inference, make_items: Callable[[], StreamItems[T]]
 ) -> Generator[T, None, None]:
-    async def start() -> _Pump[T]:
-        return _Pump(make_source())
-
-    pump = client._call(start)
+    items = make_items()
     try:
         while True:
-            for kind, value in client._call(pump.next_batches):
-                if kind == _ERROR:
-                    raise value
-                if kind == _END:
-                    return
-                yield from value
+            item = items.take()
+            if item is not None:
+                if items.closing:
+                    client._call(items.aclose)  # release the connection before the last item
+                yield item
+            elif not client._call(items.fetch):
+                return
     finally:
-        client._call(pump.aclose, closing=True)
-
-
-async def _one_by_one(items: AsyncIterator[T]) -> AsyncIterator[list[T]]:
-    async for item in items:
-        yield [item]
+        client._call(items.aclose, closing=True)
 
 
 class Inference:
@@ -298,7 +246,7 @@ class Inference:
         """Run an app; see `AsyncInference.run`. With `stream=True`, returns an iterator."""
         if stream:
             return SyncStream(
-                self, lambda: self._async.run(params, stream=True, options=options).batches()
+                self, lambda: self._async.run(params, stream=True, options=options).items()
             )
         return self._call(self._run, params, wait, options)
 
@@ -320,7 +268,7 @@ class Inference:
     ) -> SyncStream[TaskUpdate]:
         """Attach to an existing task's stream; see `AsyncInference.stream_task`."""
         self._async.stream_task(task_id, options)  # validates arguments before any I/O
-        return SyncStream(self, lambda: self._async.stream_task(task_id, options).batches())
+        return SyncStream(self, lambda: self._async.stream_task(task_id, options).items())
 
     def agent(
         self, ref: str, *, chat_id: str | None = None, options: StreamingOptions | None = None
@@ -354,7 +302,7 @@ class Agent:
 
     def stream(self, text: str) -> SyncStream[AgentEvent]:
         """Send `text` and iterate what happens; see `AsyncAgent.stream`."""
-        return SyncStream(self._client, lambda: _one_by_one(self._async.stream(text)))
+        return SyncStream(self._client, lambda: self._async.stream(text).items())
 
     def send_message(
         self,

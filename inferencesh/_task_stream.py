@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from contextlib import aclosing
 from typing import Any
 from urllib.parse import quote
 
 from ._converters import WireTask, structure_task
 from ._events import Progress, TaskUpdate, new_progress, new_update
 from ._exceptions import ProtocolError
-from ._resumable import resumable_stream
+from ._resumable import Frames, resumable_stream
 from ._status import _BY_CODE, TaskStatus
 from ._streaming import StreamingOptions
 from ._transport import Transport
@@ -41,6 +42,7 @@ class TaskTracker:
         self.path = f"/tasks/{quote(task_id, safe='')}/stream"
         self.label = f"task {task_id}"
         self.status = TaskStatus.UNKNOWN
+        self._code: int | None = None  # the last status code read
         self.logs_seen = 0
         self.progress: Progress | None = None
         self.partial_output: Any = _NOTHING
@@ -49,6 +51,7 @@ class TaskTracker:
         self.server_retry: float | None = None
         self.finished = False
         """Whether the terminal update has been produced."""
+        self.delivered = 0
 
     def absorb(self, obj: Any) -> Sequence[TaskUpdate]:
         """Fold one decoded payload in; return the update to yield, if anything is new.
@@ -74,6 +77,8 @@ class TaskTracker:
         else:
             raise ProtocolError(f"stream payload must be a JSON object, got {type(obj).__name__}")
         raw = payload
+        current: Any  # the progress numbers, read while checking the progress's shape
+        total: Any
         well_formed = type(payload) is dict
         if well_formed:
             task_id = payload.get("id", self.task_id)
@@ -91,8 +96,8 @@ class TaskTracker:
                     raw_progress is None
                     or (
                         type(raw_progress) is dict
-                        and type(raw_progress.get("current")) in _NUMBERS
-                        and type(raw_progress.get("total")) in _NUMBERS
+                        and type(current := raw_progress.get("current")) in _NUMBERS
+                        and type(total := raw_progress.get("total")) in _NUMBERS
                     )
                 )
                 and (not raw_logs or all(type(line) is str for line in raw_logs))
@@ -103,6 +108,8 @@ class TaskTracker:
             code = payload["status"]
             raw_logs = payload["logs"]
             raw_progress = payload["progress"]
+            if raw_progress is not None:
+                current, total = raw_progress["current"], raw_progress["total"]
             session_id = payload["session_id"]
 
         if not raw_logs:
@@ -115,7 +122,8 @@ class TaskTracker:
             self.logs_seen = max(self.logs_seen, len(raw_logs))
         status = self.status
         status_changed = False
-        if code is not None:
+        if code is not None and code != self._code:  # the same code again changes nothing
+            self._code = code
             new_status = _BY_CODE.get(code, _UNKNOWN)
             # A status never goes backwards; UNKNOWN has rank 0 and so never changes it.
             if _RANK[new_status] > _RANK[status]:
@@ -123,11 +131,11 @@ class TaskTracker:
                 status_changed = True
         progress = self.progress
         progress_changed = False
-        if raw_progress is not None:
-            current, total = raw_progress["current"], raw_progress["total"]
-            if progress is None or current != progress.current or total != progress.total:
-                progress = self.progress = new_progress(current, total)
-                progress_changed = True
+        if raw_progress is not None and (
+            progress is None or current != progress.current or total != progress.total
+        ):
+            progress = self.progress = new_progress(current, total)
+            progress_changed = True
         output = payload.get("output")
         terminal = status in _TERMINAL
         # A running task's output is intermediate; only a finished task has its final output.
@@ -229,18 +237,18 @@ async def stream_task_updates(
     *,
     seed: Mapping[str, Any] | None = None,
     on_reconnect: Callable[[int, float, BaseException], None] | None = None,
-) -> AsyncIterator[list[TaskUpdate]]:
-    """Yield a task's updates in batches until it is terminal, reconnecting as needed.
+) -> AsyncGenerator[Frames[TaskUpdate], None]:
+    """Yield a task's stream as `Frames` until it is terminal, reconnecting as needed.
 
     `seed` is a task payload already in hand (the answer of `POST /apps/run`); it comes first.
     Failures are handled as `resumable_stream` describes.
     """
     tracker = TaskTracker(task_id)
     if seed is not None:
-        first = tracker.absorb(seed)
-        if first:
-            yield list(first)
+        yield Frames(tracker, [seed], decoded=True)
         if tracker.finished:
             return
-    async for batch in resumable_stream(transport, tracker, options, on_reconnect=on_reconnect):
-        yield batch
+    stream = resumable_stream(transport, tracker, options, on_reconnect=on_reconnect)
+    async with aclosing(stream) as frames:
+        async for batch in frames:
+            yield batch
