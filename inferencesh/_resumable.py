@@ -124,11 +124,17 @@ def _frames(
 
 class Frames(NamedTuple, Generic[T]):
     """The payloads of one network read, for `tracker`: JSON texts, or decoded objects when
-    `decoded` (a task as the API's answer to a POST already holds it)."""
+    `decoded` (a task as the API's answer to a POST already holds it).
+
+    `sync` marks a point where the stream's next step depends on what the consumer made of
+    everything so far (whether the resource finished): a consumer that reads ahead must absorb
+    these frames before it fetches more.
+    """
 
     tracker: Tracker[T]
     payloads: Sequence[Any]
     decoded: bool = False
+    sync: bool = False
 
 
 async def _read_connection(
@@ -185,13 +191,12 @@ async def resumable_stream(
     while True:
         delivered = tracker.delivered
         retry_after: float | None = None
+        error: BaseException
         try:
             async with aclosing(_read_connection(transport, tracker, options)) as frames:
                 async for batch in frames:
                     yield batch
-            if tracker.finished:
-                return
-            error: BaseException = StreamInterruptedError(
+            error = StreamInterruptedError(
                 f"the server ended the stream before the {tracker.label} finished"
             )
         except APIStatusError as exc:
@@ -200,6 +205,9 @@ async def resumable_stream(
             error, retry_after = exc, exc.retry_after
         except TransportError as exc:
             error = exc
+        yield Frames(tracker, (), sync=True)  # the decision below needs all of it absorbed
+        if tracker.finished:
+            return
         if tracker.delivered > delivered:
             # Something new got through, so the connection was healthy: start counting afresh.
             # A reconnect that only repeats known state does not count, or a server that keeps
@@ -281,21 +289,23 @@ class StreamItems(Generic[T]):
             raise
         return None
 
-    async def fetch(self) -> bool:
-        """Read the next frames; False once the stream has ended."""
+    async def fetch(self) -> Frames[T] | None:
+        """Read the next frames (hand them to `load`); None once the stream has ended."""
         # A task, so that `aclose` can stop a read that is still running: a consumer in another
         # thread may give up (Ctrl-C) while its fetch goes on here.
         self._fetching = asyncio.ensure_future(self._source.__anext__())
         try:
-            frames = await self._fetching
+            return await self._fetching
         except StopAsyncIteration:
-            return False
+            return None
         finally:
             self._fetching = None
+
+    def load(self, frames: Frames[T]) -> None:
+        """Take `frames` as the next ones `take` reads from."""
         self._tracker = frames.tracker
         self._payloads = iter(frames.payloads)
         self._decoded = frames.decoded
-        return True
 
     async def aclose(self) -> None:
         """Close the source, and with it the connection."""
@@ -331,8 +341,10 @@ class ItemStream(AsyncIterator[T]):
                 if items.closing:
                     await items.aclose()  # release the connection before the last item
                 return item
-            if not await items.fetch():
+            frames = await items.fetch()
+            if frames is None:
                 raise StopAsyncIteration
+            items.load(frames)
 
     def items(self) -> StreamItems[T]:
         """The items not yet consumed, for driving this stream from another thread."""

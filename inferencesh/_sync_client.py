@@ -38,7 +38,7 @@ from ._exceptions import ToolCallError, UsageError
 from ._streaming import StreamingOptions
 
 if TYPE_CHECKING:  # the stream items' type only; the shim drives them, it holds no logic
-    from ._resumable import StreamItems
+    from ._resumable import Frames, StreamItems
 
 __all__ = ["Agent", "Inference", "SyncStream", "inference"]
 
@@ -89,13 +89,22 @@ def _iterate(
 ) -> Generator[T, None, None]:
     items = make_items()
     try:
+        ahead: Future[Frames[T] | None] | None = client._start(items.fetch)
         while True:
-            item = items.take()
-            if item is not None:
+            frames = client._wait(ahead if ahead is not None else client._start(items.fetch))
+            if frames is None:
+                return
+            items.load(frames)
+            # Read the next frames on the loop while these are absorbed here, unless the
+            # stream's next step depends on them.
+            ahead = None if frames.sync else client._start(items.fetch)
+            finished = False
+            while (item := items.take()) is not None:
                 if items.closing:
-                    client._call(items.aclose)  # release the connection before the last item
+                    client._call(items.aclose)  # release the connection before the last items
+                    finished = True
                 yield item
-            elif not client._call(items.fetch):
+            if finished:
                 return
     finally:
         client._call(items.aclose, closing=True)
@@ -169,7 +178,13 @@ class Inference:
                 return None  # type: ignore[return-value]
         else:
             portal = self._get_portal()
-        future: Future[T] = portal.start_task_soon(fn, *args)
+        return self._wait(portal.start_task_soon(fn, *args))
+
+    def _start(self, fn: Callable[..., Awaitable[T]], *args: Any) -> Future[T]:
+        return self._get_portal().start_task_soon(fn, *args)
+
+    @staticmethod
+    def _wait(future: Future[T]) -> T:
         try:
             return future.result()
         except BaseException:

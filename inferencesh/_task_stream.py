@@ -245,7 +245,7 @@ async def stream_task_updates(
     """
     tracker = TaskTracker(task_id)
     if seed is not None:
-        yield Frames(tracker, [seed], decoded=True)
+        yield Frames(tracker, [seed], decoded=True, sync=True)
         if tracker.finished:
             return
     stream = resumable_stream(transport, tracker, options, on_reconnect=on_reconnect)
