@@ -205,7 +205,9 @@ async def resumable_stream(
             error, retry_after = exc, exc.retry_after
         except TransportError as exc:
             error = exc
-        yield Frames(tracker, (), sync=True)  # the decision below needs all of it absorbed
+        # A step for the consumer: it asks for the next frames only once it has absorbed all
+        # those before, which the decision below depends on.
+        yield Frames(tracker, ())
         if tracker.finished:
             return
         if tracker.delivered > delivered:
@@ -248,7 +250,8 @@ class StreamItems(Generic[T]):
         self._payloads: Iterator[Any] = iter(())
         self._decoded = False
         self._ready: list[T] = []  # the rest of one payload's items, last first
-        self._fetching: asyncio.Future[Frames[T]] | None = None
+        self._fetcher: asyncio.Task[Any] | None = None  # the task running `fetch`, if any
+        self._fetch_ended: asyncio.Future[None] | None = None
         self.closing = False
         """Set with the item that finishes the resource: close before handing it out."""
 
@@ -291,15 +294,15 @@ class StreamItems(Generic[T]):
 
     async def fetch(self) -> Frames[T] | None:
         """Read the next frames (hand them to `load`); None once the stream has ended."""
-        # A task, so that `aclose` can stop a read that is still running: a consumer in another
-        # thread may give up (Ctrl-C) while its fetch goes on here.
-        self._fetching = asyncio.ensure_future(self._source.__anext__())
+        self._fetcher = asyncio.current_task()
         try:
-            return await self._fetching
+            return await self._source.__anext__()
         except StopAsyncIteration:
             return None
         finally:
-            self._fetching = None
+            self._fetcher = None
+            if self._fetch_ended is not None and not self._fetch_ended.done():
+                self._fetch_ended.set_result(None)
 
     def load(self, frames: Frames[T]) -> None:
         """Take `frames` as the next ones `take` reads from."""
@@ -308,14 +311,15 @@ class StreamItems(Generic[T]):
         self._decoded = frames.decoded
 
     async def aclose(self) -> None:
-        """Close the source, and with it the connection."""
+        """Close the source, and with it the connection. A read still running in another task
+        (a consumer in another thread that gave up on it, say on Ctrl-C) is cancelled."""
         self.closing = False
-        fetching = self._fetching
-        if fetching is not None:
-            fetching.cancel()
-            await asyncio.wait([fetching])
-            if not fetching.cancelled():
-                fetching.exception()  # mark it retrieved: nobody wants that read any more
+        fetcher = self._fetcher
+        if fetcher is not None and fetcher is not asyncio.current_task():
+            # The source cannot be closed while that read runs: stop it and wait for its end.
+            self._fetch_ended = asyncio.get_running_loop().create_future()
+            fetcher.cancel()
+            await self._fetch_ended
         await self._source.aclose()
 
 

@@ -88,8 +88,9 @@ def _iterate(
     client: Inference, make_items: Callable[[], StreamItems[T]]
 ) -> Generator[T, None, None]:
     items = make_items()
+    ahead: Future[Frames[T] | None] | None = None
     try:
-        ahead: Future[Frames[T] | None] | None = client._start(items.fetch)
+        ahead = client._start(items.fetch)
         while True:
             frames = client._wait(ahead if ahead is not None else client._start(items.fetch))
             if frames is None:
@@ -107,6 +108,8 @@ def _iterate(
             if finished:
                 return
     finally:
+        if ahead is not None:
+            ahead.cancel()  # a read nobody wants any more; `aclose` waits for it to end
         client._call(items.aclose, closing=True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import inspect
 import os
 import subprocess
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from support import FAST, fast_emulator, sdk_threads, seed_examples
 
 import inferencesh
@@ -371,3 +373,70 @@ def test_ctrl_c_at_any_moment_never_hangs_close(server: str) -> None:
     )
     assert 0 == proc.returncode, proc.stderr
     assert "interrupted 40\n" == proc.stdout
+
+
+def test_reading_ahead_never_reconnects_after_the_end() -> None:
+    """The blocking client reads the next network read while the consumer works on the last
+    one. Whether to reconnect depends on what the consumer absorbed, so at the end of a
+    connection the stream waits for it: even a slow consumer of a backlog that holds the end
+    of the task sees its stream opened exactly once."""
+    emu = fast_emulator()
+    with serve_in_thread(emu) as url, inference(api_key="k", base_url=url) as client:
+        for _ in range(5):
+            updates = []
+            for update in client.run({"app": "a/b"}, stream=True, options=FAST):
+                if len(updates) == 1:  # the first streamed one: let the rest pile up unread
+                    assert emu.wait_until(
+                        lambda e, i=update.id: (e.task_snapshot(i) or {}).get("status") == 10,
+                        timeout=30,
+                    )
+                updates.append(update)
+                time.sleep(0.01)  # a consumer that takes its time over each update
+            assert updates[-1].status is TaskStatus.COMPLETED
+        assert 5 == emu.streams_opened
+        assert emu.wait_until(lambda e: e.open_streams == 0, timeout=10)
+
+
+@contextlib.contextmanager
+def _finished_at_post() -> Iterator[tuple[str, list[str]]]:
+    """A server whose `POST /apps/run` answers with a task that has already completed, and
+    that records every request (a stream request would be a wasted one)."""
+    seen: list[str] = []
+
+    async def run_app(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        task = {"id": "t1", "status": 10, "output": {"ok": True}, "logs": []}
+        return web.json_response({"success": True, "data": task, "messages": []})
+
+    async def anything_else(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        return web.Response(status=500)
+
+    app = web.Application()
+    app.router.add_post("/apps/run", run_app)
+    app.router.add_route("*", "/{tail:.*}", anything_else)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_reading_ahead_does_not_open_the_stream_of_a_task_finished_at_creation() -> None:
+    """What follows the POST's answer depends on it: a task already finished there needs no
+    stream, so reading ahead must wait until the answer has been absorbed."""
+    with _finished_at_post() as (url, seen), inference(api_key="k", base_url=url) as client:
+        for _ in range(20):
+            [update] = client.run({"app": "a/b"}, stream=True, options=FAST)
+            assert update.status is TaskStatus.COMPLETED
+    assert ["/apps/run"] * 20 == seen
