@@ -115,14 +115,14 @@ def wants_sse(accept: str) -> bool:
 def build_app(bodies: dict[str, Bodies]) -> web.Application:
     """The minimal API: `POST /apps/run`, `GET /tasks/{id}` and `GET /tasks/{id}/stream`.
 
-    `POST /apps/run` with `{"input": {"stream": NAME}}` answers task NAME (status 1). A stream
-    path ending in `.ndjson` forces NDJSON framing whatever Accept says.
+    `POST /apps/run` with `{"input": {"stream": NAME}}` answers task NAME (status 1). A task id
+    ending in `.ndjson` (as NAME or in a stream path) forces NDJSON framing whatever Accept says.
     """
 
     async def run_app(request: web.Request) -> web.Response:
         body = await request.json()
         name = (body.get("input") or {}).get("stream", "")
-        if name not in bodies:
+        if name.removesuffix(NDJSON_SUFFIX) not in bodies:
             return web.json_response({"detail": f"no stream {name!r}"}, status=404)
         return web.json_response(
             {"success": True, "data": {"id": name, "status": 1}, "messages": []}

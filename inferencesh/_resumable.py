@@ -157,9 +157,14 @@ async def _read_connection(
         size = min(options.chunk_size, _FIRST_READ)
         while True:
             chunk = await resp.read(size)
-            size = options.chunk_size
             if not chunk:
                 return
+            if size == options.chunk_size:
+                # A backlog (the consumer was busy): take up to three reads more of what has
+                # already arrived. It costs nothing here, and a consumer in another thread
+                # saves the hand-offs.
+                chunk += resp.read_buffered(3 * size)
+            size = options.chunk_size
             payloads, ids, too_long = _frames(decoder, framer, chunk, tracker)
             if payloads:
                 if ids:

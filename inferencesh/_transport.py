@@ -80,6 +80,11 @@ class StreamResponse:
             async with asyncio.timeout(self._idle_timeout):
                 return await self._response.content.read(n)
 
+    def read_buffered(self, n: int) -> bytes:
+        """Up to `n` more bytes that have already arrived, without waiting for any."""
+        with map_errors(idle=True):
+            return self._response.content.read_nowait(n)
+
     def close(self) -> None:
         """Drop the connection now (it is not returned to the pool mid-body)."""
         self._response.close()

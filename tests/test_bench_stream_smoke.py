@@ -18,7 +18,8 @@ BENCH = ROOT / "benchmarks" / "bench_stream.py"
 
 RATIO_LINES = (
     "ratio ours/httpx-sse events/s, 200 B: ",
-    "ratio ours/official events/s, 200 B: ",
+    "ratio ours/official events/s, 200 B, both NDJSON: ",
+    "ratio ours (SSE)/official (NDJSON) events/s, 200 B: ",
     "ratio ours/httpx-sse events/s, 4 KiB: ",
     "ratio time to first event, ours stream_task / raw floor: ",
     "ratio fan-out peak RSS per stream ",
