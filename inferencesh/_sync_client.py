@@ -1,11 +1,11 @@
 """`Inference`, the blocking client: the async core run on a background event-loop thread.
 
 No protocol logic lives here. Each call hands an `AsyncInference` coroutine to the client's own
-event loop (an anyio blocking portal on a daemon thread) and waits for it. A stream fetches one
-network read's worth of raw payloads per call and builds its items here, in the consumer's
-thread, with the same `StreamItems` the async client uses; nothing is read ahead, so a slow
-consumer slows the reader down instead of growing memory. Leaving a call by any exception,
-KeyboardInterrupt included, cancels the work on the loop thread.
+event loop (an anyio blocking portal on a daemon thread) and waits for it. A stream builds its
+items here, in the consumer's thread, with the same `StreamItems` the async client uses, while
+the loop thread reads the next network read's raw payloads: never more than one read ahead, so
+a slow consumer slows the reader down instead of growing memory. Leaving a call by any
+exception, KeyboardInterrupt included, cancels the work on the loop thread.
 """
 
 from __future__ import annotations
