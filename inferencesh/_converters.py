@@ -14,7 +14,7 @@ import cattrs
 
 from ._events import Progress, TaskUpdate
 from ._exceptions import ProtocolError
-from ._status import _BY_CODE, TaskStatus
+from ._status import TaskStatus
 
 __all__ = ["WireTask", "converter", "structure_task"]
 
@@ -71,7 +71,7 @@ class WireTask(NamedTuple):
 
     `partial` is True for `{"data": ..., "fields": [...]}` updates, whose `logs` are only the
     new lines; a full snapshot's `logs` are every line so far. `output` is the payload's
-    `output` whatever the status. A tuple, because one is built per stream event.
+    `output` whatever the status.
     """
 
     id: str
@@ -114,57 +114,36 @@ def _field(payload: Mapping[str, Any], name: str, typ: Any) -> Any:
 
 
 def structure_task(obj: Any, *, task_id: str | None = None) -> WireTask:
-    """Read one task payload (snapshot or partial update).
+    """Read one task payload (snapshot or partial update), validating every known field.
 
-    Well-formed fields take a fast path (this runs once per stream event); anything else goes
-    through cattrs, which raises `ProtocolError` naming the malformed field.
+    A malformed field raises `ProtocolError` naming it. Streams read well-formed payloads
+    directly (`TaskTracker.absorb`) and come here only for anything else.
     """
     partial = type(obj) is dict and "data" in obj and "fields" in obj
     payload = obj["data"] if partial else obj
-    if type(payload) is not dict and not isinstance(payload, Mapping):
+    if not isinstance(payload, Mapping):
         raise ProtocolError(f"task payload must be a JSON object, got {type(payload).__name__}")
     raw_id = payload.get("id", task_id)
     if type(raw_id) is not str or not raw_id:
         raise ProtocolError(f"task payload field 'id' is malformed: {raw_id!r:.80}")
     logs: tuple[str, ...] = ()
-    raw_logs = payload.get("logs")
-    if raw_logs is not None:
-        if type(raw_logs) is list and all(type(line) is str for line in raw_logs):
-            logs = tuple(raw_logs)
-        else:
-            logs = tuple(line.text for line in _field(payload, "logs", list[_LogLine]))
+    if payload.get("logs") is not None:
+        logs = tuple(line.text for line in _field(payload, "logs", list[_LogLine]))
     progress: Progress | None = None
-    raw_progress = payload.get("progress")
-    if raw_progress is not None:
-        if type(raw_progress) is dict:
-            current, total = raw_progress.get("current"), raw_progress.get("total")
-        else:
-            current = total = None
-        if type(current) in _NUMBERS and type(total) in _NUMBERS:
-            progress = Progress(current, total)  # type: ignore[arg-type]
-        else:
-            progress = _field(payload, "progress", Progress)
+    if payload.get("progress") is not None:
+        progress = _field(payload, "progress", Progress)
     session_id = payload.get("session_id")
-    if session_id == "":
-        session_id = None
-    elif session_id is not None and type(session_id) is not str:
-        session_id = _field(payload, "session_id", str)
-    raw_status = payload.get("status")
-    status = _BY_CODE.get(raw_status) if type(raw_status) is int else None
-    fields = (
-        raw_id,
-        status or TaskStatus.parse(raw_status),
-        logs,
-        progress,
-        payload.get("output"),
-        payload.get("error"),
-        session_id,
-        payload,
-        partial,
-        "logs" in payload,
+    if session_id is not None:
+        session_id = _field(payload, "session_id", str) or None
+    return WireTask(
+        id=raw_id,
+        status=TaskStatus.parse(payload.get("status")),
+        logs=logs,
+        progress=progress,
+        output=payload.get("output"),
+        error=payload.get("error"),
+        session_id=session_id,
+        raw=payload,
+        partial=partial,
+        has_logs="logs" in payload,
     )
-    return _new_wire(WireTask, fields)  # NamedTuple's keyword __new__ costs more per event
-
-
-_NUMBERS = (int, float)
-_new_wire = tuple.__new__

@@ -170,7 +170,8 @@ async def _read_connection(
                 if ids:
                     tracker.last_event_id = ids[-1]
                 yield Frames(tracker, payloads)
-                # The consumer asks for more only once it has absorbed all of these.
+                # An early way out only: a consumer that reads ahead (the blocking client) may
+                # not have absorbed these yet; `resumable_stream` waits for it before deciding.
                 if tracker.finished:
                     return
             if too_long is not None:
