@@ -4,6 +4,7 @@ Run from the repository root (`bash scripts/test` creates .venv):
 
     .venv/bin/python benchmarks/bench_stream.py           # the full run (a few minutes)
     .venv/bin/python benchmarks/bench_stream.py --quick   # N/100, a smoke run (under a minute)
+    INFERENCESH_NO_EXTENSIONS=1 .venv/bin/python benchmarks/bench_stream.py   # pure Python
 
 Everything talks to servers started here, on 127.0.0.1 only, each in its own process
 (`_server.py`): a minimal aiohttp.web server that writes PRE-RENDERED task streams in 512 KiB
@@ -57,6 +58,7 @@ from _server import EMULATOR_APP, raise_fd_limit, running_server  # noqa: E402
 from httpx_sse import aconnect_sse  # noqa: E402
 
 import inferencesh  # noqa: E402
+from inferencesh._task_stream import SPEEDUPS  # noqa: E402
 
 OFFICIAL_DIR = HERE / ".official"
 OFFICIAL_VERSION = "0.36.0"
@@ -747,7 +749,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     print(
         f"bench_stream: {'quick' if cfg.quick else 'full'} run; inferencesh "
-        f"{inferencesh.__version__}, Python {sys.version.split()[0]}, {os.cpu_count()} cores",
+        f"{inferencesh.__version__}, Python {sys.version.split()[0]}, {os.cpu_count()} cores; "
+        f"compiled accelerator {'on' if SPEEDUPS else 'off'}",
         flush=True,
     )
     streams = [

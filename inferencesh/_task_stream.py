@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
@@ -177,6 +178,30 @@ class TaskTracker:
             raw=obj,
         )
         return (update,)
+
+
+def _compiled_absorb() -> Any:
+    """The compiled `TaskTracker.absorb` from `_speedups`, or None: not built here, or turned
+    off with INFERENCESH_NO_EXTENSIONS=1."""
+    if os.environ.get("INFERENCESH_NO_EXTENSIONS"):
+        return None
+    try:
+        from . import _speedups
+    except ImportError:
+        return None
+    return _speedups.bind(
+        TaskTracker, _python_absorb, TaskUpdate, Progress, _BY_CODE, _RANK, _TERMINAL, _UNKNOWN
+    )
+
+
+# The compiled method runs the fast path of the Python one above and hands it every other
+# payload; the Python method stays the reference (tests compare the two on random streams).
+_python_absorb = TaskTracker.absorb
+_compiled = _compiled_absorb()
+SPEEDUPS = _compiled is not None
+"""Whether task streams use the compiled accelerator."""
+if _compiled is not None:
+    TaskTracker.absorb = _compiled  # type: ignore[method-assign]
 
 
 def _well_formed(wire: WireTask) -> dict[str, Any]:
