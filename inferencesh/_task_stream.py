@@ -59,7 +59,8 @@ class TaskTracker:
 
         This runs once per stream event, so a well-formed payload takes a path that reads its
         fields directly; anything else is validated by `structure_task` first, which raises
-        `ProtocolError` naming a malformed field.
+        `ProtocolError` naming a malformed field. Where `_speedups.c` is built, its compiled
+        copy of the direct path runs instead and hands every other payload to this method.
         """
         if type(obj) is dict:
             if obj.get("type") == "heartbeat":
