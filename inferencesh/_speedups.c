@@ -22,7 +22,8 @@ static PyObject *s_type, *s_heartbeat, *s_event, *s_fields, *s_data, *s_id, *s_s
     *s_progress, *s_session_id, *s_current, *s_total, *s_output, *s_partial_output, *s_error,
     *s_raw, *s_task_id, *s_logs_seen, *s_code, *s_finished;
 
-/* A field of a frozen attrs dict class, without its generated __init__ (as `new_update` does). */
+/* A new instance of a frozen attrs dict class, without its generated __init__ (as `new_update`
+ * in _events.py does): the caller fills its __dict__. */
 static PyObject *
 new_instance(PyObject *type)
 {
