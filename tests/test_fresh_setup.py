@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from support import can_compile_c
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET = 300.0
@@ -80,7 +81,7 @@ def test_fresh_venv_installs_and_runs_the_main_job(tmp_path: Path) -> None:
     assert 0 == where.returncode, where.stderr
     path, compiled = where.stdout.split()
     assert Path(path).is_relative_to(venv), where.stdout  # not the checkout
-    assert "True" == compiled  # this machine has a C compiler: the accelerator was built
+    assert str(can_compile_c()) == compiled  # built wherever a C compiler is available
 
     job = run(
         python, "-m", "inferencesh", "run", "infsh/flux-schnell",
