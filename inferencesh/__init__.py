@@ -17,11 +17,15 @@ from ._exceptions import (
     BadRequestError,
     ConflictError,
     ConnectError,
+    EventGapError,
+    EventTooLargeError,
+    HeadersTimeoutError,
     IdleTimeoutError,
     InferenceshError,
     NotFoundError,
     ProtocolError,
     RateLimitError,
+    RequestTimeoutError,
     RequirementsNotMetError,
     RetriesExhaustedError,
     ServerError,
@@ -36,6 +40,7 @@ from ._exceptions import (
     TransportError,
     UsageError,
 )
+from ._retry import RetryPolicy
 from ._status import TaskStatus
 from ._streaming import StreamingOptions
 from ._sync_client import Agent, Inference, SyncStream, inference
@@ -53,6 +58,9 @@ __all__ = [
     "ChatMessage",
     "ConflictError",
     "ConnectError",
+    "EventGapError",
+    "EventTooLargeError",
+    "HeadersTimeoutError",
     "IdleTimeoutError",
     "Inference",
     "inference",
@@ -62,8 +70,10 @@ __all__ = [
     "Progress",
     "ProtocolError",
     "RateLimitError",
+    "RequestTimeoutError",
     "RequirementsNotMetError",
     "RetriesExhaustedError",
+    "RetryPolicy",
     "ServerError",
     "SSELineTooLongError",
     "StreamingOptions",

@@ -1,11 +1,12 @@
 """Agent chats: stream an agent's answer as it is written and serve the tools it asks for.
 
 A message is sent with `POST /agents/run`; the chat's stream then carries `chats`,
-`chat_messages` and `delta` events. `ChatTracker` turns them into what a caller wants to see:
+`chat_messages` and `delta` events. `ChatCodec` structures them for the same `StreamReader`
+that reads task streams, and `ChatView` turns them into what a caller wants to see:
 `MessageEvent`s (text and thinking pieces), `ToolCall`s (client tools the agent waits on,
-each once), and finally the finished assistant `ChatMessage`. It reconnects through the same
-resumable machinery as task streams; a snapshot after a reconnect yields only the text that
-had not been delivered yet.
+each once), and finally the finished assistant `ChatMessage`. A snapshot after a reconnect
+yields only the text that had not been delivered yet. `AsyncAgent.send_message` is the one
+loop that hands events to callbacks; the blocking `Agent` runs it too.
 """
 
 from __future__ import annotations
@@ -13,29 +14,29 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, Literal
+import reprlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 from urllib.parse import quote
 
 import attrs
 
 from ._events import MappingReads
-from ._exceptions import AgentError, ProtocolError, ToolCallError, UsageError
-from ._resumable import Frames, ItemStream, resumable_stream
+from ._exceptions import AgentError, InferenceshError, ProtocolError, ToolCallError, UsageError
+from ._reader import Codec, StreamReader
+from ._stream import ItemStream
 from ._streaming import StreamingOptions
-
-if TYPE_CHECKING:
-    from ._async_client import AsyncInference
+from ._transport import Transport
+from ._wire import header_safe, loads, preview
 
 __all__ = [
     "AgentEvent",
     "AsyncAgent",
+    "ChatCodec",
     "ChatMessage",
-    "ChatTracker",
+    "ChatView",
     "MessageEvent",
     "ToolCall",
-    "await_callback",
     "dispatch",
     "require_final",
 ]
@@ -101,39 +102,74 @@ class _MessageState:
     order: int = 0
 
 
-class ChatTracker:
-    """What the caller of one `send_message` has been given, across reconnects."""
+_CHAT, _MESSAGE, _DELTA = 0, 1, 2
+
+
+@attrs.define(slots=True, eq=False)
+class ChatEvent:
+    """One structured chat-stream payload. `chats` and `chat_messages` events carry a whole
+    chat or message (absolute); a `delta` is a piece to add to what came before."""
+
+    kind: int
+    absolute: bool
+    final: bool
+    data: Mapping[str, Any]
+
+
+class ChatCodec:
+    """What a `StreamReader` needs to follow one run of a chat: the one place its payloads are
+    structured, and what the answer to `POST /agents/run` said about the run."""
 
     def __init__(self, chat_id: str, *, user_order: int | None, assistant_id: str) -> None:
         self.chat_id = chat_id
         self.path = f"/chats/{quote(chat_id, safe='')}/stream"
         self.label = f"chat {chat_id}"
-        self.last_event_id = ""
-        self.server_retry: float | None = None
-        self._user_order = user_order
-        self._assistant_id = assistant_id
-        self._messages: dict[str, _MessageState] = {}
-        self._dispatched: set[str] = set()
-        self.finished = False
-        """Whether the run has ended (completed, failed or stopped)."""
-        self.delivered = 0
+        self.user_order = user_order
+        self.assistant_id = assistant_id
 
-    def absorb(self, payload: Any) -> Sequence[AgentEvent]:
-        """Fold one chat-stream payload in; return the events that are new to the caller."""
+    def structure(self, payload: Any) -> ChatEvent | None:
+        """The chat event in a decoded payload; None for heartbeats and other events."""
         if not isinstance(payload, Mapping):
             raise ProtocolError(f"chat payload must be a JSON object, got {type(payload).__name__}")
         if payload.get("type") == "heartbeat":
-            return []
+            return None
         event = payload.get("event", "message")
         data = payload.get("data", payload)
         if not isinstance(data, Mapping):
-            raise ProtocolError(f"chat event {event!r} has data that is not an object")
+            raise ProtocolError(f"chat event {preview(event)} has data that is not an object")
         if event == "delta":
-            return self._delta(data)
+            return ChatEvent(_DELTA, False, False, data)
         if event == "chat_messages":
-            return self._message(data)
+            return ChatEvent(_MESSAGE, True, False, data)
         if event == "chats":
-            return self._chat(data)
+            run = data.get("active_run")
+            state = run.get("state") if isinstance(run, Mapping) else None
+            return ChatEvent(_CHAT, True, state not in _RUNNING_STATES, data)
+        return None
+
+    def timed_out(self, seconds: float) -> InferenceshError:
+        """The error for a chat stream that passed its `total_timeout`."""
+        return AgentError(f"the agent run in chat {self.chat_id} did not end within {seconds} s")
+
+
+class ChatView:
+    """What the caller of one `send_message` has been given, across reconnects."""
+
+    def __init__(self, codec: ChatCodec) -> None:
+        self.chat_id = codec.chat_id
+        self._user_order = codec.user_order
+        self._assistant_id = codec.assistant_id
+        self._messages: dict[str, _MessageState] = {}
+        self._dispatched: set[str] = set()
+
+    def apply(self, event: ChatEvent) -> list[AgentEvent]:
+        """The items `event` adds to what the caller was given."""
+        if event.kind == _DELTA:
+            return self._delta(event.data)
+        if event.kind == _MESSAGE:
+            return self._message(event.data)
+        if event.final:
+            return [self._final(event.data)]
         return []
 
     def _in_run(self, message: Mapping[str, Any]) -> bool:
@@ -192,18 +228,12 @@ class ChatTracker:
                 events.append(call)
         return events
 
-    def _chat(self, chat: Mapping[str, Any]) -> list[AgentEvent]:
-        run = chat.get("active_run")
-        state = run.get("state") if isinstance(run, Mapping) else None
-        if state in _RUNNING_STATES:
-            return []
-        self.finished = True
-        if state == "failed":
-            error = run.get("error") if isinstance(run, Mapping) else None
-            raise AgentError(f"the agent run in chat {self.chat_id} failed: {error or 'no reason'}")
-        return [self._final(chat)]
-
     def _final(self, chat: Mapping[str, Any]) -> ChatMessage:
+        run = chat.get("active_run")
+        if isinstance(run, Mapping) and run.get("state") == "failed":
+            error = run.get("error")
+            reason = error if isinstance(error, str) and error else reprlib.repr(error)
+            raise AgentError(f"the agent run in chat {self.chat_id} failed: {reason}")
         if not self._messages:
             return ChatMessage(
                 id=self._assistant_id, chat_id=self.chat_id, role="assistant",
@@ -246,48 +276,42 @@ def _tool_calls(message: Mapping[str, Any], message_id: str) -> list[ToolCall]:
         args = function.get("arguments")
         if isinstance(args, str):
             try:
-                args = json.loads(args)
-            except ValueError:
+                args = loads(args)
+            except ProtocolError:
                 logger.debug("tool call %s has arguments that are not JSON", inv["id"])
         calls.append(ToolCall(inv["id"], str(function.get("name", "")), args, message_id, inv))
     return calls
 
 
-def dispatch(
+async def dispatch(
     event: MessageEvent | ToolCall,
     on_message: MessageCallback | None,
     on_tool_call: ToolCallCallback | None,
-) -> Any:
-    """Hand an event to its callback and return what the callback returned.
+) -> None:
+    """Hand an event to its callback, awaiting what the callback returns if it is awaitable.
 
     Raises `ToolCallError` for a tool call that has no handler or whose handler raises; the
     caller then stops the run, so the chat is not left waiting for a result.
     """
     if isinstance(event, MessageEvent):
-        return on_message(event) if on_message is not None else None
+        if on_message is not None:
+            result = on_message(event)
+            if inspect.isawaitable(result):
+                await result
+        return
     if on_tool_call is None:
         raise ToolCallError(
             f"the agent asked the client to run tool {event.name!r} (call {event.id}), "
             "but send_message was given no on_tool_call handler"
         )
     try:
-        return on_tool_call(event)
+        result = on_tool_call(event)
+        if inspect.isawaitable(result):
+            await result
     except Exception as exc:
-        raise _handler_error(event, exc) from exc
-
-
-async def await_callback(event: MessageEvent | ToolCall, result: Any) -> None:
-    """Await an async callback's result, with the same error translation as `dispatch`."""
-    try:
-        await result
-    except Exception as exc:
-        if isinstance(event, ToolCall):
-            raise _handler_error(event, exc) from exc
-        raise
-
-
-def _handler_error(call: ToolCall, exc: Exception) -> ToolCallError:
-    return ToolCallError(f"the handler for tool {call.name!r} (call {call.id}) raised: {exc!r}")
+        raise ToolCallError(
+            f"the handler for tool {event.name!r} (call {event.id}) raised: {exc!r}"
+        ) from exc
 
 
 def encode_tool_result(result: Any) -> dict[str, Any]:
@@ -296,8 +320,13 @@ def encode_tool_result(result: Any) -> dict[str, Any]:
         return {"result": result}
     try:
         return {"result": json.dumps(result)}
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"a tool result must be a string or JSON-serialisable: {exc}") from exc
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise UsageError(f"a tool result must be a string or JSON-serialisable: {exc}") from None
+
+
+def _chat_view(codec: Codec[Any]) -> ChatView:
+    assert isinstance(codec, ChatCodec)
+    return ChatView(codec)
 
 
 class AsyncAgent:
@@ -305,15 +334,15 @@ class AsyncAgent:
 
     def __init__(
         self,
-        client: AsyncInference,
+        transport: Transport,
         ref: str,
         *,
         chat_id: str | None = None,
-        options: StreamingOptions | None = None,
+        options: StreamingOptions,
     ) -> None:
         if not isinstance(ref, str) or not ref:
             raise UsageError(f"an agent reference must be a non-empty string, got {ref!r}")
-        self._client = client
+        self._transport = transport
         self.ref = ref
         self._chat_id = chat_id
         self._options = options
@@ -329,32 +358,33 @@ class AsyncAgent:
     def stream(self, text: str) -> ItemStream[AgentEvent]:
         """Send `text` and yield what happens: text and thinking pieces, tool calls, and last
         the finished assistant `ChatMessage`. Raises `AgentError` if the run fails."""
-        return ItemStream(self._frames(text))
-
-    async def _frames(self, text: str) -> AsyncGenerator[Frames[AgentEvent], None]:
         if not isinstance(text, str):
             raise UsageError(f"message text must be a string, got {type(text).__name__}")
-        reply = await self._client._request(
+
+        async def start() -> tuple[ChatCodec, Sequence[ChatEvent]]:
+            return await self._send(text), ()
+
+        reader: StreamReader[ChatEvent] = StreamReader(self._transport, self._options, start)
+        return ItemStream(reader, _chat_view)
+
+    async def _send(self, text: str) -> ChatCodec:
+        reply = await self._transport.request(
             "POST",
             "/agents/run",
-            {"chat_id": self._chat_id, "input": {"text": text}, "agent": self.ref},
+            json_body={"chat_id": self._chat_id, "input": {"text": text}, "agent": self.ref},
         )
         user, assistant = _reply_messages(reply)
         chat_id = assistant.get("chat_id") or user.get("chat_id")
-        if not isinstance(chat_id, str) or not chat_id:
-            raise ProtocolError("the answer to POST /agents/run names no chat_id")
+        if not isinstance(chat_id, str) or not header_safe(chat_id):
+            raise ProtocolError("the answer to POST /agents/run names no usable chat_id")
         if self._chat_id is None:
             self._chat_id = chat_id
-        tracker = ChatTracker(
+        order = user.get("order")
+        return ChatCodec(
             chat_id,
-            user_order=user.get("order") if isinstance(user.get("order"), int) else None,
+            user_order=order if type(order) is int else None,
             assistant_id=str(assistant.get("id", "")),
         )
-        options = self._options or self._client.streaming_options
-        stream = resumable_stream(self._client._transport, tracker, options)
-        async with aclosing(stream) as frames:
-            async for batch in frames:
-                yield batch
 
     async def send_message(
         self,
@@ -366,7 +396,9 @@ class AsyncAgent:
         """Send `text`, run the callbacks as the answer streams, return the final message.
 
         Callbacks may be plain functions or coroutine functions. A tool call with no handler,
-        or whose handler raises, stops the run and raises `ToolCallError`.
+        or whose handler raises, raises `ToolCallError`. Whatever ends this call early (an
+        error, a callback that raises, cancellation), the run is stopped first, so the chat is
+        never left waiting for this client.
         """
         final: ChatMessage | None = None
         events = self.stream(text)
@@ -374,36 +406,35 @@ class AsyncAgent:
             async for event in events:
                 if isinstance(event, ChatMessage):
                     final = event
-                    continue
-                try:
-                    result = dispatch(event, on_message, on_tool_call)
-                    if inspect.isawaitable(result):
-                        await await_callback(event, result)
-                except ToolCallError:
-                    await self._stop_after_failure()
-                    raise
-        finally:
+                else:
+                    await dispatch(event, on_message, on_tool_call)
+        except BaseException:
             await events.aclose()
+            await self._stop_after_failure()
+            raise
         return require_final(final, self._chat_id)
 
     async def _stop_after_failure(self) -> None:
+        if self._chat_id is None:
+            return  # the message was never accepted: there is no run to stop
         try:
             await self.stop()
         except Exception as exc:  # the original failure matters more; keep it, log this
-            logger.warning("could not stop chat %s after a tool failure: %r", self._chat_id, exc)
+            logger.warning("could not stop chat %s after a failure: %r", self._chat_id, exc)
 
     async def submit_tool_result(self, call_id: str, result: Any) -> None:
         """Answer a client tool call; a non-string result is sent as JSON."""
         if not isinstance(call_id, str) or not call_id:
-            raise UsageError(f"call_id must be a non-empty string, got {call_id!r}")
+            raise UsageError(f"call_id must be a non-empty string, got {call_id!r:.80}")
         body = encode_tool_result(result)
-        await self._client._request("POST", f"/tools/{quote(call_id, safe='')}", body)
+        await self._transport.request("POST", f"/tools/{quote(call_id, safe='')}", json_body=body)
 
     async def stop(self) -> None:
         """Stop the agent's current run in this chat."""
         if self._chat_id is None:
             raise UsageError("this agent has no chat yet: send a message first")
-        await self._client._request("POST", f"/chats/{quote(self._chat_id, safe='')}/stop")
+        path = f"/chats/{quote(self._chat_id, safe='')}/stop"
+        await self._transport.request("POST", path, idempotent=True)
 
 
 def require_final(final: ChatMessage | None, chat_id: str | None) -> ChatMessage:
@@ -415,7 +446,7 @@ def require_final(final: ChatMessage | None, chat_id: str | None) -> ChatMessage
 
 def _reply_messages(reply: Any) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
     if not isinstance(reply, Mapping):
-        raise ProtocolError(f"POST /agents/run answered {reply!r:.80} instead of an object")
+        raise ProtocolError(f"POST /agents/run answered {preview(reply)} instead of an object")
     user, assistant = reply.get("user_message"), reply.get("assistant_message")
     if not isinstance(assistant, Mapping):
         raise ProtocolError("the answer to POST /agents/run has no assistant_message")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncGenerator, Awaitable, Mapping
-from contextlib import aclosing
+import reprlib
+from collections.abc import Awaitable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, overload
 from urllib.parse import quote
@@ -13,37 +12,37 @@ from urllib.parse import quote
 import attrs
 
 from ._agent import AsyncAgent
-from ._converters import structure_task
+from ._converters import TaskEvent, structure_task, valid_task_id
 from ._events import TaskUpdate
 from ._exceptions import (
     ProtocolError,
     TaskCancelledError,
     TaskFailedError,
     TaskRejectedError,
-    TaskTimeoutError,
     UsageError,
 )
-from ._resumable import Frames, ItemStream
+from ._reader import Codec, StreamReader
+from ._retry import RetryPolicy
 from ._status import TaskStatus
+from ._stream import ItemStream
 from ._streaming import StreamingOptions
-from ._task_stream import TaskTracker, stream_task_updates
+from ._task_stream import TaskCodec, TaskView, update_of
 from ._transport import DEFAULT_BASE_URL, Transport
+from ._wire import preview
 
-__all__ = ["AsyncInference", "TaskStream", "async_inference"]
+__all__ = ["DEFAULT_REQUEST_RETRY", "AsyncInference", "TaskStream", "async_inference"]
 
 Params = Mapping[str, Any]
 
+DEFAULT_REQUEST_RETRY = RetryPolicy(max_retries=2, retry_delay=0.5, max_retry_delay=8.0)
+"""How REST calls retry unless the client is given another `retry` policy."""
 
-def _resolve_settings(api_key: str | None, base_url: str | None) -> tuple[str, str]:
-    key = api_key if api_key is not None else os.environ.get("INFERENCE_API_KEY")
-    if not key:
-        raise UsageError(
-            "no API key: pass api_key=... or set the INFERENCE_API_KEY environment variable"
-        )
+
+def _resolve_base_url(base_url: str | None) -> str:
     url = base_url or os.environ.get("INFERENCE_BASE_URL") or DEFAULT_BASE_URL
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"base_url must start with http:// or https://, got {url!r}")
-    return key, url
+    return url
 
 
 class TaskStream(ItemStream[TaskUpdate]):
@@ -56,18 +55,25 @@ class TaskStream(ItemStream[TaskUpdate]):
 
     @property
     def task_id(self) -> str | None:
-        """The id of the task, once its first update has been handed out."""
-        tracker = self.items().tracker
-        return tracker.task_id if isinstance(tracker, TaskTracker) and tracker.delivered else None
+        """The id of the task, once known (after `POST /apps/run` answered)."""
+        codec = self.consumer().reader.codec
+        return codec.task_id if isinstance(codec, TaskCodec) else None
+
+
+def _task_view(codec: Codec[Any]) -> TaskView:
+    assert isinstance(codec, TaskCodec)
+    return TaskView(codec.task_id)
 
 
 class AsyncInference:
     """Client for the inference.sh API: run apps and stream their tasks.
 
     The key falls back to `INFERENCE_API_KEY`, the base URL to `INFERENCE_BASE_URL` and then to
-    the hosted API. One connection pool per client, opened on first use inside the running
-    event loop; `max_connections=None` leaves it unbounded, so fan-outs of thousands of streams
-    are not throttled. Close it with `async with` or `aclose()`; a client left open inside
+    the hosted API. `timeout` bounds each REST call, its retries included; `retry` says when
+    and how REST calls are retried (streams retry as their `StreamingOptions` say). One
+    connection pool per client, opened on first use inside the running event loop;
+    `max_connections=None` leaves it unbounded, so fan-outs of thousands of streams are not
+    throttled. Close it with `async with` or `aclose()`; a client left open inside
     `asyncio.run(...)` is closed when that loop shuts down, without warnings.
     """
 
@@ -79,14 +85,18 @@ class AsyncInference:
         timeout: float | None = 30.0,
         max_connections: int | None = None,
         streaming_options: StreamingOptions | None = None,
-        max_retries: int = 2,
+        retry: RetryPolicy = DEFAULT_REQUEST_RETRY,
     ) -> None:
-        key, url = _resolve_settings(api_key, base_url)
-        self._transport = Transport(
-            base_url=url, api_key=key, request_timeout=timeout, max_connections=max_connections
-        )
+        key = api_key if api_key is not None else os.environ.get("INFERENCE_API_KEY", "")
         self._options = streaming_options or StreamingOptions()
-        self._max_retries = max_retries
+        self._transport = Transport(
+            base_url=_resolve_base_url(base_url),
+            api_key=key,
+            timeout=timeout,
+            retry=retry,
+            max_connections=max_connections,
+            max_body_bytes=self._options.max_event_bytes,
+        )
 
     def __repr__(self) -> str:
         return f"<AsyncInference base_url={self.base_url!r}>"
@@ -115,11 +125,6 @@ class AsyncInference:
     async def aclose(self) -> None:
         """Close the connection pool. The client cannot be used afterwards."""
         await self._transport.aclose()
-
-    async def _request(self, method: str, path: str, json_body: Any = None) -> Any:
-        return await self._transport.request(
-            method, path, json_body=json_body, retries=self._max_retries
-        )
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -153,52 +158,59 @@ class AsyncInference:
     ) -> TaskStream | Awaitable[TaskUpdate]:
         """Run an app.
 
-        With `stream=True`, returns a `TaskStream` to iterate with `async for` (no `await`). Else
-        returns an awaitable: the completed task's final state (raising `TaskFailedError` or
-        `TaskCancelledError` otherwise), or with `wait=False` the task as just created.
+        With `stream=True`, returns a `TaskStream` to iterate with `async for` (no `await`); its
+        first update is the task as created. Else returns an awaitable: the completed task's
+        final state (raising `TaskFailedError` or `TaskCancelledError` otherwise), or with
+        `wait=False` the task as just created.
         """
+        if not isinstance(params, Mapping):
+            raise UsageError(f"params must be a mapping, got {type(params).__name__}")
         if stream:
-            return TaskStream(self._run_stream(params, options))
+            return self._stream(lambda: self._create(params), options)
         if not wait:
-            return self._create(params)
-        return self._run_and_wait(params, options)
+            return self._created(params)
+        return self._outcome(self._stream(lambda: self._create(params), options))
 
-    async def _create(self, params: Params) -> TaskUpdate:
-        if not isinstance(params, Mapping):
-            raise UsageError(f"params must be a mapping, got {type(params).__name__}")
-        data = await self._request("POST", "/apps/run", dict(params))
-        return structure_task(_require_task(data)).update
+    async def _create(self, params: Params) -> tuple[TaskCodec, Sequence[TaskEvent]]:
+        # Not idempotent: a POST that may have reached the app is never sent twice.
+        data = await self._transport.request("POST", "/apps/run", json_body=dict(params))
+        task_id = data.get("id") if isinstance(data, Mapping) else None
+        if not valid_task_id(task_id):
+            raise ProtocolError(
+                f"POST /apps/run answered without a usable task id: {preview(data)}"
+            )
+        assert isinstance(task_id, str)
+        event = structure_task(data, task_id)
+        return TaskCodec(task_id), [event] if event is not None else []
 
-    async def _run_stream(
-        self, params: Params, options: StreamingOptions | None
-    ) -> AsyncGenerator[Frames[TaskUpdate], None]:
-        if not isinstance(params, Mapping):
-            raise UsageError(f"params must be a mapping, got {type(params).__name__}")
-        created = _require_task(await self._request("POST", "/apps/run", dict(params)))
-        stream = stream_task_updates(
-            self._transport, created["id"], options or self._options, seed=created
+    async def _created(self, params: Params) -> TaskUpdate:
+        codec, events = await self._create(params)
+        return update_of(events[0] if events else None, codec.task_id)
+
+    def _stream(self, start: Any, options: StreamingOptions | None) -> TaskStream:
+        reader: StreamReader[TaskEvent] = StreamReader(
+            self._transport, options or self._options, start
         )
-        async with aclosing(stream) as frames:
-            async for batch in frames:
-                yield batch
-
-    async def _run_and_wait(self, params: Params, options: StreamingOptions | None) -> TaskUpdate:
-        created = await self._create(params)
-        return await self._wait(created.id, None, options)
+        return TaskStream(reader, _task_view)
 
     async def get_task(self, task_id: str) -> TaskUpdate:
         """The task's current state (its `logs` are all lines so far)."""
-        data = await self._request("GET", f"/tasks/{_quote_id(task_id)}")
-        return structure_task(_require_task(data), task_id=task_id).update
+        data = await self._transport.request("GET", f"/tasks/{_quote_id(task_id)}")
+        return update_of(structure_task(_require_object(data), task_id), task_id)
 
     async def cancel_task(self, task_id: str) -> None:
         """Ask the server to cancel the task; a finished task is left as it is."""
-        await self._request("POST", f"/tasks/{_quote_id(task_id)}/cancel")
+        path = f"/tasks/{_quote_id(task_id)}/cancel"
+        await self._transport.request("POST", path, idempotent=True)
 
     def stream_task(self, task_id: str, options: StreamingOptions | None = None) -> TaskStream:
         """Attach to an existing task's stream; the first update is its current state."""
         _quote_id(task_id)
-        return TaskStream(stream_task_updates(self._transport, task_id, options or self._options))
+
+        async def start() -> tuple[TaskCodec, Sequence[TaskEvent]]:
+            return TaskCodec(task_id), ()
+
+        return self._stream(start, options)
 
     def agent(
         self, ref: str, *, chat_id: str | None = None, options: StreamingOptions | None = None
@@ -207,7 +219,7 @@ class AsyncInference:
 
         Pass `chat_id` to continue an existing chat; otherwise the first message starts one.
         """
-        return AsyncAgent(self, ref, chat_id=chat_id, options=options)
+        return AsyncAgent(self._transport, ref, chat_id=chat_id, options=options or self._options)
 
     async def wait_for_completion(self, task_id: str, timeout: float | None = None) -> TaskUpdate:
         """Wait for the task to end and return its final state, with every log line.
@@ -215,25 +227,18 @@ class AsyncInference:
         Raises `TaskFailedError` / `TaskCancelledError` when it did not complete, and
         `TaskTimeoutError` when `timeout` seconds pass first (the task keeps running).
         """
-        return await self._wait(task_id, timeout, None)
+        options = attrs.evolve(self._options, total_timeout=timeout)
+        return await self._outcome(self.stream_task(task_id, options))
 
-    async def _wait(
-        self, task_id: str, timeout: float | None, options: StreamingOptions | None
-    ) -> TaskUpdate:
+    async def _outcome(self, stream: TaskStream) -> TaskUpdate:
         logs: list[str] = []
         final: TaskUpdate | None = None
-        try:
-            async with asyncio.timeout(timeout):
-                async with self.stream_task(task_id, options) as updates:
-                    async for update in updates:
-                        logs.extend(update.logs)
-                        final = update
-        except TimeoutError as exc:
-            raise TaskTimeoutError(
-                f"task {task_id} did not finish within {timeout} seconds"
-            ) from exc
+        async with stream as updates:
+            async for update in updates:
+                logs.extend(update.logs)
+                final = update
         if final is None or not final.status.is_terminal:
-            raise ProtocolError(f"the stream of task {task_id} ended without a terminal status")
+            raise ProtocolError(f"the stream of task {stream.task_id} ended before the task did")
         return raise_for_outcome(attrs.evolve(final, logs=tuple(logs)))
 
 
@@ -242,7 +247,8 @@ def raise_for_outcome(task: TaskUpdate) -> TaskUpdate:
     status = task.status
     if status is TaskStatus.COMPLETED:
         return task
-    detail = f": {task.error}" if task.error else ""
+    error = task.error
+    detail = f": {error if isinstance(error, str) else reprlib.repr(error)}" if error else ""
     if status is TaskStatus.CANCELLED:
         raise TaskCancelledError(f"task {task.id} was cancelled", task)
     if status is TaskStatus.REJECTED:
@@ -250,15 +256,15 @@ def raise_for_outcome(task: TaskUpdate) -> TaskUpdate:
     raise TaskFailedError(f"task {task.id} failed{detail}", task)
 
 
-def _require_task(data: Any) -> dict[str, Any]:
-    if not isinstance(data, Mapping) or not isinstance(data.get("id"), str):
-        raise ProtocolError(f"expected a task object with an 'id', got {data!r:.120}")
-    return dict(data)
+def _require_object(data: Any) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ProtocolError(f"expected a task object, got {preview(data)}")
+    return data
 
 
 def _quote_id(task_id: str) -> str:
-    if not isinstance(task_id, str) or not task_id:
-        raise UsageError(f"task_id must be a non-empty string, got {task_id!r}")
+    if not valid_task_id(task_id):
+        raise UsageError(f"task_id must be a non-empty printable string, got {task_id!r:.80}")
     return quote(task_id, safe="")
 
 

@@ -1,52 +1,198 @@
-"""The SDK's one cattrs converter: wire JSON in, typed events out.
+"""The one place a task payload is structured: wire JSON in, a typed `TaskEvent` out.
 
-Unknown fields never break parsing; they stay in `raw`. A known field with the wrong shape raises
-`ProtocolError` naming the field.
+Stream events, the answer of `POST /apps/run` and of `GET /tasks/{id}` all come through
+`structure_task`. A payload in the exact shapes the API sends is read directly; anything else
+goes through the SDK's cattrs converter, which validates every known field and raises
+`ProtocolError` naming a malformed one. Unknown fields never break parsing; they stay in `raw`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 import attrs
 import cattrs
 
-from ._events import Progress, TaskUpdate
+from ._events import Progress, new_progress
 from ._exceptions import ProtocolError
-from ._status import TaskStatus
+from ._status import _BY_CODE, TaskStatus
+from ._wire import header_safe, preview
 
-__all__ = ["WireTask", "converter", "structure_task"]
+__all__ = ["DELTA", "PARTIAL", "SNAPSHOT", "TaskEvent", "converter", "structure_task"]
+
+logger = logging.getLogger("inferencesh.stream")
+
+SNAPSHOT: Final = 0
+"""A full task object: every field is the whole current value (logs: all lines so far)."""
+PARTIAL: Final = 1
+"""A `{"data": ..., "fields": [...]}` update: its logs are only the lines new since the last."""
+DELTA: Final = 2
+"""An `{"event": "delta"}` piece of an LLM answer, to fold into what came before."""
+
+_ABSENT: Any = object()
+_TERMINAL = frozenset(status for status in TaskStatus if status.is_terminal)
+_UNKNOWN = TaskStatus.UNKNOWN
+
+
+@attrs.define(slots=True, eq=False)
+class TaskEvent:
+    """One structured task payload, before anyone decides what in it is new.
+
+    `logs` is None when the payload has no `logs` field. `output` is the payload's `output`
+    whatever the status (for a DELTA, the delta itself); `partial_output` is its
+    `partial_output` field, or `_ABSENT`. `absolute` and `final` are what a stream reader needs.
+    """
+
+    kind: int
+    absolute: bool
+    final: bool
+    status: TaskStatus | None
+    logs: Sequence[str] | None
+    progress: Progress | None
+    output: Any
+    partial_output: Any
+    error: Any
+    session_id: str | None
+    raw: Mapping[str, Any]
+
+
+def valid_task_id(value: Any) -> bool:
+    """Whether `value` can be a task id: a non-empty string we can put in a URL and a header."""
+    return isinstance(value, str) and header_safe(value)
+
+
+def structure_task(obj: Any, task_id: str) -> TaskEvent | None:
+    """Read one payload of task `task_id`'s stream, or its REST answer.
+
+    Returns None for a payload that carries nothing (a heartbeat, a named event other than
+    `delta` without `fields`). Raises `ProtocolError` for a malformed payload, including one
+    that names another task.
+    """
+    if type(obj) is not dict:
+        if not isinstance(obj, Mapping):
+            raise ProtocolError(f"task payload must be a JSON object, got {type(obj).__name__}")
+        obj = dict(obj)
+    if "type" in obj and obj["type"] == "heartbeat":
+        return None
+    event = obj.get("event")
+    if event is not None:
+        if event == "delta":
+            return _delta(obj)
+        if "fields" not in obj:
+            logger.debug("ignoring a %s event on task %s", preview(event), task_id)
+            return None
+    if "fields" in obj and "data" in obj:
+        kind, payload = PARTIAL, obj["data"]
+        if type(payload) is not dict:
+            raise ProtocolError(f"a partial update's data is not an object: {preview(payload)}")
+    else:
+        kind, payload = SNAPSHOT, obj
+    found_id = payload.get("id", task_id)
+    if found_id != task_id:
+        raise ProtocolError(
+            f"the stream of task {task_id} sent an event of task {preview(found_id)}"
+        )
+    code = payload.get("status")
+    logs = payload.get("logs")
+    raw_progress = payload.get("progress")
+    session_id = payload.get("session_id")
+    progress = None if raw_progress is None else _plain_progress(raw_progress)
+    if (
+        (type(code) is int or code is None)
+        and (logs is None or (type(logs) is list and all(type(line) is str for line in logs)))
+        and (session_id is None or type(session_id) is str)
+        and (progress is not None or raw_progress is None)
+    ):
+        status = None if code is None else _BY_CODE.get(code, _UNKNOWN)
+        return TaskEvent(
+            kind,
+            kind == SNAPSHOT,
+            status in _TERMINAL,
+            status,
+            logs,
+            progress,
+            payload.get("output"),
+            payload.get("partial_output", _ABSENT),
+            payload.get("error"),
+            session_id or None,
+            payload,
+        )
+    return _validated(kind, payload)
+
+
+_NUMBERS = (int, float)
+
+
+def _plain_progress(value: Any) -> Progress | None:
+    """`{"current": n, "total": n}` with two finite numbers, as a `Progress`; else None."""
+    if type(value) is not dict:
+        return None
+    current: Any = value.get("current")
+    total: Any = value.get("total")
+    if (
+        type(current) in _NUMBERS
+        and type(total) in _NUMBERS
+        and math.isfinite(current)
+        and math.isfinite(total)
+    ):
+        return new_progress(current, total)
+    return None
+
+
+def _validated(kind: int, payload: dict[str, Any]) -> TaskEvent:
+    """The slow path: every known field through cattrs, with errors that name the field."""
+    status = None
+    if payload.get("status") is not None:
+        status = TaskStatus.parse(payload["status"])
+    logs: tuple[str, ...] | None = None
+    if payload.get("logs") is not None:
+        logs = tuple(line.text for line in _field(payload, "logs", list[_LogLine]))
+    progress: Progress | None = None
+    if payload.get("progress") is not None:
+        progress = _field(payload, "progress", Progress)
+    session_id = payload.get("session_id")
+    if session_id is not None:
+        session_id = _field(payload, "session_id", str) or None
+    return TaskEvent(
+        kind,
+        kind == SNAPSHOT,
+        status in _TERMINAL,
+        status,
+        logs,
+        progress,
+        payload.get("output"),
+        payload.get("partial_output", _ABSENT),
+        payload.get("error"),
+        session_id,
+        payload,
+    )
+
+
+def _delta(obj: dict[str, Any]) -> TaskEvent | None:
+    data = obj.get("data")
+    delta = data.get("delta") if isinstance(data, Mapping) else None
+    if not delta or not isinstance(delta, Mapping):
+        return None  # an empty delta changes nothing (protocol 4.4)
+    return TaskEvent(DELTA, False, False, None, None, None, delta, _ABSENT, None, None, obj)
+
+
+# -- the cattrs converter ------------------------------------------------------------------------
 
 converter = cattrs.Converter(forbid_extra_keys=False)
-
-
-def _structure_status(value: Any, _: type) -> TaskStatus:
-    return TaskStatus.parse(value)
 
 
 def _structure_number(value: Any, _: type) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value!r}")
     return value
 
 
-def _structure_log_line(value: Any, _: type) -> str:
-    # Our emulator and SDK send plain strings; the hosted API's task object lists log records
-    # whose text is in `content`.
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
-        return str(value["content"])
-    raise TypeError(f"expected a string or a log record with 'content', got {value!r:.80}")
-
-
-converter.register_structure_hook(TaskStatus, _structure_status)
-converter.register_structure_hook(float, _structure_number)
-converter.register_structure_hook(str, lambda v, _: _require_str(v))
-
-
-def _require_str(value: Any) -> str:
+def _require_str(value: Any, _: type) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {type(value).__name__}")
     return value
@@ -57,50 +203,26 @@ class _LogLine:
     text: str
 
 
-converter.register_structure_hook(_LogLine, lambda v, t: _LogLine(_structure_log_line(v, t)))
+def _structure_log_line(value: Any, _: type) -> _LogLine:
+    # Our emulator and SDK send plain strings; the hosted API's task object lists log records
+    # whose text is in `content`.
+    if isinstance(value, str):
+        return _LogLine(value)
+    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+        return _LogLine(value["content"])
+    raise TypeError(f"expected a string or a log record with 'content', got {preview(value)}")
+
+
+converter.register_structure_hook(TaskStatus, lambda value, _: TaskStatus.parse(value))
+converter.register_structure_hook(float, _structure_number)
+converter.register_structure_hook(str, _require_str)
+converter.register_structure_hook(_LogLine, _structure_log_line)
 
 
 def _explain(exc: BaseException) -> str:
     if isinstance(exc, cattrs.BaseValidationError):
         return "; ".join(cattrs.transform_error(exc, path="$"))
     return str(exc)
-
-
-class WireTask(NamedTuple):
-    """A task payload as it came off the wire, before the stream decides what is new.
-
-    `partial` is True for `{"data": ..., "fields": [...]}` updates, whose `logs` are only the
-    new lines; a full snapshot's `logs` are every line so far. `output` is the payload's
-    `output` whatever the status.
-    """
-
-    id: str
-    status: TaskStatus
-    logs: tuple[str, ...]
-    progress: Progress | None
-    output: Any
-    error: Any
-    session_id: str | None
-    raw: Mapping[str, Any]
-    partial: bool
-    has_logs: bool
-
-    @property
-    def update(self) -> TaskUpdate:
-        """The payload as a `TaskUpdate` on its own (no knowledge of earlier events)."""
-        terminal = self.status.is_terminal
-        return TaskUpdate(
-            id=self.id,
-            status=self.status,
-            logs=self.logs,
-            progress=self.progress,
-            # A running task's output is intermediate; only a finished task has a final one.
-            partial_output=None if terminal else self.raw.get("partial_output", self.output),
-            output=self.output if terminal else None,
-            error=self.error,
-            session_id=self.session_id,
-            raw=self.raw,
-        )
 
 
 def _field(payload: Mapping[str, Any], name: str, typ: Any) -> Any:
@@ -110,40 +232,4 @@ def _field(payload: Mapping[str, Any], name: str, typ: Any) -> Any:
             raise TypeError(f"expected a list, got {type(value).__name__}")
         return converter.structure(value, typ)
     except Exception as exc:  # cattrs raises several types; all mean "wrong shape"
-        raise ProtocolError(f"task payload field {name!r} is malformed: {_explain(exc)}") from exc
-
-
-def structure_task(obj: Any, *, task_id: str | None = None) -> WireTask:
-    """Read one task payload (snapshot or partial update), validating every known field.
-
-    A malformed field raises `ProtocolError` naming it. Streams read well-formed payloads
-    directly (`TaskTracker.absorb`) and come here only for anything else.
-    """
-    partial = type(obj) is dict and "data" in obj and "fields" in obj
-    payload = obj["data"] if partial else obj
-    if not isinstance(payload, Mapping):
-        raise ProtocolError(f"task payload must be a JSON object, got {type(payload).__name__}")
-    raw_id = payload.get("id", task_id)
-    if type(raw_id) is not str or not raw_id:
-        raise ProtocolError(f"task payload field 'id' is malformed: {raw_id!r:.80}")
-    logs: tuple[str, ...] = ()
-    if payload.get("logs") is not None:
-        logs = tuple(line.text for line in _field(payload, "logs", list[_LogLine]))
-    progress: Progress | None = None
-    if payload.get("progress") is not None:
-        progress = _field(payload, "progress", Progress)
-    session_id = payload.get("session_id")
-    if session_id is not None:
-        session_id = _field(payload, "session_id", str) or None
-    return WireTask(
-        id=raw_id,
-        status=TaskStatus.parse(payload.get("status")),
-        logs=logs,
-        progress=progress,
-        output=payload.get("output"),
-        error=payload.get("error"),
-        session_id=session_id,
-        raw=payload,
-        partial=partial,
-        has_logs="logs" in payload,
-    )
+        raise ProtocolError(f"task payload field {name!r} is malformed: {_explain(exc)}") from None

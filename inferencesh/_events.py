@@ -106,10 +106,13 @@ class TaskUpdate(MappingReads):
 # directly, and a field left at its default is not stored at all but read from the class, where
 # the defaults are set once here. The result is equal to, and indistinguishable from, the same
 # instance built by `__init__` (tests/test_events.py checks that property).
-for _field in attrs.fields(TaskUpdate):
-    if _field.default is not attrs.NOTHING and not isinstance(_field.default, attrs.Factory):  # type: ignore[arg-type]
-        setattr(TaskUpdate, _field.name, _field.default)
-del _field
+def _set_class_defaults(cls: type) -> None:
+    for field in attrs.fields(cls):
+        if field.default is not attrs.NOTHING and not isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+            setattr(cls, field.name, field.default)
+
+
+_set_class_defaults(TaskUpdate)
 
 _new = object.__new__
 

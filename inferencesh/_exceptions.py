@@ -4,7 +4,9 @@
 InferenceshError                      base of every exception the SDK raises
 ├── TransportError                    the network failed; retryable
 │   ├── ConnectError                  could not connect (DNS, refused, connect timeout)
+│   ├── HeadersTimeoutError           no response headers within the headers timeout
 │   ├── IdleTimeoutError              no byte (heartbeats included) within the idle timeout
+│   ├── RequestTimeoutError           a REST call, retries included, passed its timeout
 │   └── StreamInterruptedError        the connection dropped mid-response
 ├── APIStatusError                    the server answered with a non-2xx status
 │   ├── BadRequestError               400 and other 4xx without a class of their own
@@ -15,13 +17,16 @@ InferenceshError                      base of every exception the SDK raises
 │   ├── RateLimitError                429, with `.retry_after`
 │   └── ServerError                   5xx
 ├── ProtocolError                     the server sent something that breaks the protocol
-│   └── SSELineTooLongError           an SSE line exceeded `max_line_bytes`
+│   ├── EventTooLargeError            an event or line exceeded `max_event_bytes`
+│   │   └── SSELineTooLongError       an SSE line or event exceeded the decoder's bound
+│   └── EventGapError                 the server skipped events and offered no way to recover
 ├── RetriesExhaustedError             a stream gave up reconnecting; `__cause__` is the last failure
 ├── TaskError                         the task ended without completing; `.task` is its last state
 │   ├── TaskFailedError               status FAILED (`.error` holds the app's message)
 │   │   └── TaskRejectedError         status REJECTED (admission refused)
 │   └── TaskCancelledError            status CANCELLED
-├── TaskTimeoutError (TimeoutError)   `wait_for_completion` passed its deadline
+├── TaskTimeoutError (TimeoutError)   a stream's `total_timeout` or `wait_for_completion`'s
+│                                     deadline passed before the task ended
 ├── AgentError                        an agent run failed or a tool call could not be served
 │   └── ToolCallError                 a client tool call had no handler or its handler raised
 └── UsageError (RuntimeError)         the SDK was used wrongly: closed client, missing API key, ...
@@ -33,7 +38,6 @@ chained with `raise ... from exc`, so callers never have to catch library types.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -48,11 +52,15 @@ __all__ = [
     "BadRequestError",
     "ConflictError",
     "ConnectError",
+    "EventGapError",
+    "EventTooLargeError",
+    "HeadersTimeoutError",
     "IdleTimeoutError",
     "InferenceshError",
     "NotFoundError",
     "ProtocolError",
     "RateLimitError",
+    "RequestTimeoutError",
     "RequirementsNotMetError",
     "RetriesExhaustedError",
     "ServerError",
@@ -81,8 +89,18 @@ class ConnectError(TransportError):
     """The connection could not be established (refused, DNS, connect timeout)."""
 
 
+class HeadersTimeoutError(TransportError):
+    """The server took the request but sent no response headers within
+    `StreamingOptions.headers_timeout` (a frozen server process, say)."""
+
+
 class IdleTimeoutError(TransportError):
     """No byte arrived on a stream within `StreamingOptions.idle_timeout`."""
+
+
+class RequestTimeoutError(TransportError, TimeoutError):
+    """A REST call, its retries and the waits between them included, took longer than the
+    client's `timeout`."""
 
 
 class StreamInterruptedError(TransportError):
@@ -167,8 +185,18 @@ class ProtocolError(InferenceshError):
     """The server sent something the protocol does not allow (framing, JSON, shape)."""
 
 
-class SSELineTooLongError(ProtocolError):
-    """An SSE line grew past the decoder's `max_line_bytes` bound.
+class EventTooLargeError(ProtocolError):
+    """One event (or one line of a stream) grew past `StreamingOptions.max_event_bytes`, the
+    bound that keeps a server from growing the client's memory without limit."""
+
+
+class EventGapError(ProtocolError):
+    """The server skipped events of a stream and offered no snapshot to recover them from, so
+    what the consumer was given cannot be completed without guessing."""
+
+
+class SSELineTooLongError(EventTooLargeError):
+    """An SSE line, or one event's data, grew past the decoder's `max_line_bytes` bound.
 
     `events` holds the events the same `feed` call completed before the long line, so nothing
     before it is lost.
@@ -232,7 +260,8 @@ class TaskCancelledError(TaskError):
 
 
 class TaskTimeoutError(InferenceshError, TimeoutError):
-    """`wait_for_completion` reached its deadline before the task ended."""
+    """The task did not end within the time given: a stream's `total_timeout`, or the
+    `timeout` of `wait_for_completion`. The task itself keeps running."""
 
 
 class AgentError(InferenceshError):
@@ -266,11 +295,13 @@ def status_error(
     than a generic `title`), `title` and `message`; failing those, the first 500 characters of
     the body, then the HTTP reason phrase.
     """
+    from ._wire import loads  # here, not at the top: _wire raises this module's errors
+
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     decoded: Any = None
     try:
-        decoded = json.loads(text) if text else None
-    except ValueError:
+        decoded = loads(text) if text.strip() else None
+    except ProtocolError:
         decoded = None
     message, code = _problem_message(decoded)
     if not message:

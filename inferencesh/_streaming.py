@@ -1,97 +1,53 @@
-"""Reconnection policy for streams: `StreamingOptions` and the pure backoff computation."""
+"""`StreamingOptions`: how a stream reads, how long it waits, and when it reconnects."""
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import attrs
 
-__all__ = ["StreamingOptions", "compute_backoff"]
+from ._retry import RetryPolicy, _positive
+
+__all__ = ["DEFAULT_MAX_EVENT_BYTES", "StreamingOptions"]
+
+DEFAULT_MAX_EVENT_BYTES = 32 * 1024 * 1024
 
 
-def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+def _optional_positive(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None:
+        _positive(_, attribute, value)
 
 
-def _positive(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+def _size(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name} must be an integer >= 1, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
-class StreamingOptions:
-    """How a stream reads, waits, and reconnects. Change a copy with `attrs.evolve`.
+class StreamingOptions(RetryPolicy):
+    """How a stream reads, waits and reconnects. Change a copy with `attrs.evolve`.
 
-    Reconnects wait `retry_delay * retry_backoff ** (attempt - 1)` seconds, capped at
-    `max_retry_delay`, plus up to `retry_jitter` seconds of random jitter. The server's SSE
-    `retry:` hint replaces `retry_delay` as the base, and a `Retry-After` header sets a floor.
-    `max_retries` counts consecutive failed attempts: the count starts again as soon as a
-    connection delivers something new, so a long task on a flaky network never runs out of
-    retries while it progresses, and a server that only repeats itself is not retried forever.
+    The retry fields are those of `RetryPolicy`: a stream reconnects after a network failure,
+    a 429 or 5xx answer, or a server that ends the stream early, waiting as the policy says
+    (the server's SSE `retry:` hint replaces `retry_delay` as the base). `max_retries` counts
+    failed connections in a row: a connection that brings something new starts the count
+    again, so a long task on a flaky network keeps going while a server that only repeats
+    itself is given up on.
 
-    `connect_timeout` bounds opening a connection. `idle_timeout` bounds the silence on an open
-    stream (no byte at all, heartbeats included) before it counts as dropped. There is no cap
-    on a stream's total duration.
+    Every wait is bounded: `connect_timeout` (opening a connection), `headers_timeout` (from
+    sending the request to the response headers, connecting included), `idle_timeout` (no byte
+    at all on an open stream, heartbeats included, before it counts as dropped) and
+    `total_timeout` (the whole stream, reconnects included; None for no limit), after which
+    the stream raises `TaskTimeoutError` whatever the server sends.
+
+    `chunk_size` is the most bytes taken from the connection per read. `max_event_bytes`
+    bounds one event (and one line) so a server cannot grow memory without limit; the default,
+    32 MiB, leaves room for a partial output that carries an image preview.
     """
 
-    max_retries: int = attrs.field(default=5, validator=_non_negative)
-    retry_delay: float = attrs.field(default=1.0, validator=_non_negative)
-    retry_backoff: float = attrs.field(default=2.0, validator=_positive)
-    max_retry_delay: float = attrs.field(default=30.0, validator=_non_negative)
-    retry_jitter: float = attrs.field(default=0.25, validator=_non_negative)
-    chunk_size: int = attrs.field(default=64 * 1024, validator=_positive)
-    connect_timeout: float | None = attrs.field(default=10.0, validator=_positive)
-    idle_timeout: float | None = attrs.field(default=60.0, validator=_positive)
-    max_line_bytes: int = attrs.field(default=1024 * 1024, validator=_positive)
-
-
-def compute_backoff(
-    options: StreamingOptions,
-    attempt: int,
-    *,
-    server_retry: float | None = None,
-    retry_after: float | None = None,
-    rng: random.Random | None = None,
-) -> float:
-    """Seconds to wait before reconnect `attempt` (1-based).
-
-    `server_retry` is the SSE `retry:` hint in seconds; it replaces `retry_delay` as the base.
-    `retry_after` is a `Retry-After` value in seconds; the wait is never shorter than it.
-    """
-    base = options.retry_delay if server_retry is None else server_retry
-    exponent = max(0, attempt - 1)
-    try:
-        delay = base * options.retry_backoff**exponent
-    except OverflowError:
-        delay = options.max_retry_delay
-    delay = min(delay, options.max_retry_delay)
-    if options.retry_jitter and delay > 0:
-        delay += (rng or random).uniform(0, options.retry_jitter)
-    if retry_after is not None:
-        delay = max(delay, retry_after)
-    return delay
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Read a `Retry-After` header: delta-seconds or an HTTP date; None when absent or invalid."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        from datetime import UTC, datetime
-        from email.utils import parsedate_to_datetime
-
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    if seconds != seconds:  # NaN
-        return None
-    return max(0.0, seconds)
+    chunk_size: int = attrs.field(default=256 * 1024, validator=_size)
+    connect_timeout: float | None = attrs.field(default=10.0, validator=_optional_positive)
+    headers_timeout: float | None = attrs.field(default=30.0, validator=_optional_positive)
+    idle_timeout: float | None = attrs.field(default=60.0, validator=_optional_positive)
+    total_timeout: float | None = attrs.field(default=None, validator=_optional_positive)
+    max_event_bytes: int = attrs.field(default=DEFAULT_MAX_EVENT_BYTES, validator=_size)

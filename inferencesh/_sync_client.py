@@ -1,44 +1,38 @@
 """`Inference`, the blocking client: the async core run on a background event-loop thread.
 
 No protocol logic lives here. Each call hands an `AsyncInference` coroutine to the client's own
-event loop (an anyio blocking portal on a daemon thread) and waits for it. A stream builds its
-items here, in the consumer's thread, with the same `StreamItems` the async client uses, while
-the loop thread reads the next network read's raw payloads: never more than one read ahead, so
-a slow consumer slows the reader down instead of growing memory. Leaving a call by any
-exception, KeyboardInterrupt included, cancels the work on the loop thread.
+event loop (an anyio blocking portal on a daemon thread) and waits for it. A stream is the same
+`ItemStream` the async client iterates: its reader runs on the loop thread, one batch ahead of
+the consumer, and its view runs here, in the consumer's thread. An agent's callbacks run here
+too, called by the async client's own dispatch loop through `_relay`. Leaving a call by any
+exception, KeyboardInterrupt included, cancels the work on the loop thread; closing a stream or
+the client from another thread (or at exit) ends what is waiting on it cleanly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import inspect
 import os
+import queue
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Generator, Iterator
-from concurrent.futures import Future
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import CancelledError, Future
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, overload
+from typing import Any, Literal, Self, TypeVar, overload
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ._agent import (
-    AgentEvent,
-    AsyncAgent,
-    ChatMessage,
-    MessageCallback,
-    ToolCallCallback,
-    dispatch,
-    require_final,
-)
-from ._async_client import AsyncInference, Params
+from ._agent import AgentEvent, AsyncAgent, ChatMessage, MessageCallback, ToolCallCallback
+from ._async_client import DEFAULT_REQUEST_RETRY, AsyncInference, Params
 from ._events import TaskUpdate
-from ._exceptions import ToolCallError, UsageError
+from ._exceptions import UsageError
+from ._retry import RetryPolicy
+from ._stream import Consumer, ItemStream
 from ._streaming import StreamingOptions
-
-if TYPE_CHECKING:  # the stream items' type only; the shim drives them, it holds no logic
-    from ._resumable import Frames, StreamItems
 
 __all__ = ["Agent", "Inference", "SyncStream", "inference"]
 
@@ -48,29 +42,71 @@ _live_clients: weakref.WeakSet[Inference] = weakref.WeakSet()
 # Objects that belonged to a parent process's event loop. A forked child keeps them alive but
 # never touches them: finalizing them would warn about sessions the child cannot close.
 _orphans: list[object] = []
+# How long a Ctrl-C waits for the loop to finish what it must do first (stop an agent's run).
+_CLEANUP_WAIT = 10.0
+
+
+class _Closed(Exception):
+    """The client was closed while a call was waiting on its loop."""
 
 
 class SyncStream(Iterator[T]):
-    """A blocking iterator over an async stream that runs on the client's loop thread.
+    """A blocking iterator over a stream whose reader runs on the client's loop thread.
 
     Leaving the loop early (`break`, an exception, Ctrl-C) closes the connection, because the
-    `for` loop drops the iterator and its clean-up runs; so do `close()` and the `with` block.
+    `for` loop drops the iterator; so do `close()` and the `with` block. `close()` may be
+    called from any thread: an iteration waiting in another thread then ends cleanly.
     """
 
-    def __init__(self, client: Inference, make_items: Callable[[], StreamItems[T]]) -> None:
-        # The generator must not refer back to this object: a cycle would keep the connection
-        # open after `break` until the cyclic garbage collector happened to run.
-        self._gen = _iterate(client, make_items)
+    def __init__(self, client: Inference, stream: ItemStream[T]) -> None:
+        self._client = client
+        self._consumer: Consumer[T] = stream.consumer()
+        self._ahead: Future[Sequence[Any] | None] | None = None
+        self._done = False
 
-    def __iter__(self) -> Iterator[T]:
-        return self._gen
+    def __iter__(self) -> Self:
+        return self
 
     def __next__(self) -> T:
-        return next(self._gen)
+        consumer = self._consumer
+        reader = consumer.reader
+        try:
+            while not (self._done or reader.closed):
+                item = consumer.take()
+                if item is not None:
+                    return item
+                batch = self._fetch()
+                if batch is None:
+                    break
+                consumer.load(batch)
+        except BaseException:
+            self._done = True
+            self.close()
+            raise
+        self._done = True
+        if not reader.ended:  # closed, or the stream stopped early: release the connection
+            self.close()
+        raise StopIteration
+
+    def _fetch(self) -> Sequence[Any] | None:
+        reader = self._consumer.reader
+        future, self._ahead = self._ahead, None
+        try:
+            batch = self._client._wait(future or self._client._start(reader.next_batch))
+        except _Closed:
+            return None  # closed from another thread, or at exit
+        if batch is not None and not reader.ended:
+            # Read on while this batch is consumed here: the reader never waits for us.
+            self._ahead = self._client._start(reader.next_batch)
+        return batch
 
     def close(self) -> None:
-        """Stop iterating and close the connection now."""
-        self._gen.close()
+        """Stop iterating and close the connection now (from any thread)."""
+        self._client._close_soon(self._consumer.reader.aclose)
+
+    def __del__(self) -> None:
+        if not self._done:
+            self.close()
 
     def __enter__(self) -> Self:
         return self
@@ -82,35 +118,6 @@ class SyncStream(Iterator[T]):
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _iterate(
-    client: Inference, make_items: Callable[[], StreamItems[T]]
-) -> Generator[T, None, None]:
-    items = make_items()
-    ahead: Future[Frames[T] | None] | None = None
-    try:
-        ahead = client._start(items.fetch)
-        while True:
-            frames = client._wait(ahead if ahead is not None else client._start(items.fetch))
-            if frames is None:
-                return
-            items.load(frames)
-            # Read the next frames on the loop while these are absorbed here, unless the
-            # stream's next step depends on them.
-            ahead = None if frames.sync else client._start(items.fetch)
-            finished = False
-            while (item := items.take()) is not None:
-                if items.closing:
-                    client._call(items.aclose)  # release the connection before the last items
-                    finished = True
-                yield item
-            if finished:
-                return
-    finally:
-        if ahead is not None:
-            ahead.cancel()  # a read nobody wants any more; `aclose` waits for it to end
-        client._call(items.aclose, closing=True)
 
 
 class Inference:
@@ -129,7 +136,7 @@ class Inference:
         timeout: float | None = 30.0,
         max_connections: int | None = None,
         streaming_options: StreamingOptions | None = None,
-        max_retries: int = 2,
+        retry: RetryPolicy = DEFAULT_REQUEST_RETRY,
     ) -> None:
         def make() -> AsyncInference:
             return AsyncInference(
@@ -138,7 +145,7 @@ class Inference:
                 timeout=timeout,
                 max_connections=max_connections,
                 streaming_options=streaming_options,
-                max_retries=max_retries,
+                retry=retry,
             )
 
         self._make_async = make
@@ -146,6 +153,7 @@ class Inference:
         self._lock = threading.Lock()
         self._portal_cm: contextlib.AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
+        self._loop_thread: int | None = None
         self._closed = False
         _live_clients.add(self)
 
@@ -172,31 +180,90 @@ class Inference:
                 cm = start_blocking_portal("asyncio", name="inferencesh-loop")
                 self._portal = cm.__enter__()
                 self._portal_cm = cm
+                self._loop_thread = self._portal.call(threading.get_ident)
             return self._portal
 
-    def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, closing: bool = False) -> T:
-        if closing:
-            portal = self._portal
-            if portal is None:
-                return None  # type: ignore[return-value]
-        else:
-            portal = self._get_portal()
-        return self._wait(portal.start_task_soon(fn, *args))
-
-    def _start(self, fn: Callable[..., Awaitable[T]], *args: Any) -> Future[T]:
-        return self._get_portal().start_task_soon(fn, *args)
+    def _start(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> Future[T]:
+        portal = self._get_portal()
+        try:
+            return portal.start_task_soon(_bind(fn, *args, **kwargs))
+        except RuntimeError:  # the portal stopped between the check above and now
+            raise UsageError("the client is closed; create a new one") from None
 
     @staticmethod
     def _wait(future: Future[T]) -> T:
+        """The result of work started on the loop. Raises `_Closed` when the client was closed
+        under it; any other exit (Ctrl-C included) cancels the work."""
         try:
             return future.result()
+        except CancelledError:
+            raise _Closed from None
         except BaseException:
-            # Ctrl-C or any other exit while waiting: stop the work on the loop thread too.
             future.cancel()
             raise
 
+    def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        try:
+            return self._wait(self._start(fn, *args, **kwargs))
+        except _Closed:
+            raise UsageError("the client was closed while the call was running") from None
+
+    def _close_soon(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run `fn` (a stream's `aclose`) on the loop and wait for it, unless the client is
+        already closed (which closed everything) or this is the loop thread itself."""
+        portal = self._portal
+        if portal is None or self._closed or threading.get_ident() == self._loop_thread:
+            return
+        with contextlib.suppress(UsageError, _Closed):  # closed meanwhile: nothing left to do
+            self._wait(self._start(fn))
+
+    def _relay(
+        self, fn: Callable[..., Awaitable[T]], *args: Any, **callbacks: Callable[[Any], Any] | None
+    ) -> T:
+        """Run the coroutine function `fn` on the loop, with `callbacks` run in this thread:
+        on the loop side each is an async callable that waits for this thread to run it."""
+        requests: queue.SimpleQueue[tuple[Callable[[Any], Any], Any, asyncio.Future[Any]] | None]
+        requests = queue.SimpleQueue()
+
+        def relayed(callback: Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
+            if callback is None:
+                return None
+
+            def call(argument: Any) -> asyncio.Future[Any]:
+                future = asyncio.get_running_loop().create_future()
+                requests.put((callback, argument, future))
+                return future
+
+            return call
+
+        async def run() -> T:
+            try:
+                return await fn(*args, **{name: relayed(cb) for name, cb in callbacks.items()})
+            finally:
+                requests.put(None)
+
+        done = self._start(run)
+        interrupted: BaseException | None = None
+        try:
+            while interrupted is None and (request := requests.get()) is not None:
+                interrupted = _answer(*request)
+        except BaseException:
+            # Ctrl-C while waiting: stop the work, and let it finish what it must (stop the
+            # agent's run) before this thread goes on.
+            done.cancel()
+            _drain(requests, _CLEANUP_WAIT)
+            raise
+        if interrupted is not None:
+            # The loop was told, and ends the work as after any failed callback: wait for that.
+            _drain(requests, _CLEANUP_WAIT)
+            raise interrupted
+        try:
+            return self._wait(done)
+        except _Closed:
+            raise UsageError("the client was closed while the call was running") from None
+
     def close(self) -> None:
-        """Close the connection pool and stop the loop thread. Idempotent."""
+        """Close the connection pool and stop the loop thread. Idempotent, from any thread."""
         with self._lock:
             if self._closed:
                 return
@@ -207,11 +274,16 @@ class Inference:
             return
         try:
             portal.call(self._async.aclose)
-            # Cancel anything still running on the loop: a call interrupted by Ctrl-C at the
-            # moment it was handed over may have left a task behind that nobody awaits.
+            # Cancel anything still running on the loop: calls and streams waiting in other
+            # threads then end (a stream stops; a call raises UsageError).
             portal.call(portal.stop, True)
         finally:
             cm.__exit__(None, None, None)
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` was called."""
+        return self._closed
 
     def __enter__(self) -> Self:
         return self
@@ -229,6 +301,7 @@ class Inference:
         _orphans.extend([self._async, self._portal, self._portal_cm])
         self._lock = threading.Lock()
         self._portal = self._portal_cm = None
+        self._loop_thread = None
         self._async = self._make_async()
 
     # -- operations ---------------------------------------------------------------------------
@@ -263,9 +336,7 @@ class Inference:
     ) -> SyncStream[TaskUpdate] | TaskUpdate:
         """Run an app; see `AsyncInference.run`. With `stream=True`, returns an iterator."""
         if stream:
-            return SyncStream(
-                self, lambda: self._async.run(params, stream=True, options=options).items()
-            )
+            return SyncStream(self, self._async.run(params, stream=True, options=options))
         return self._call(self._run, params, wait, options)
 
     async def _run(
@@ -285,8 +356,7 @@ class Inference:
         self, task_id: str, options: StreamingOptions | None = None
     ) -> SyncStream[TaskUpdate]:
         """Attach to an existing task's stream; see `AsyncInference.stream_task`."""
-        self._async.stream_task(task_id, options)  # validates arguments before any I/O
-        return SyncStream(self, lambda: self._async.stream_task(task_id, options).items())
+        return SyncStream(self, self._async.stream_task(task_id, options))
 
     def agent(
         self, ref: str, *, chat_id: str | None = None, options: StreamingOptions | None = None
@@ -320,7 +390,7 @@ class Agent:
 
     def stream(self, text: str) -> SyncStream[AgentEvent]:
         """Send `text` and iterate what happens; see `AsyncAgent.stream`."""
-        return SyncStream(self._client, lambda: self._async.stream(text).items())
+        return SyncStream(self._client, self._async.stream(text))
 
     def send_message(
         self,
@@ -329,23 +399,11 @@ class Agent:
         on_message: MessageCallback | None = None,
         on_tool_call: ToolCallCallback | None = None,
     ) -> ChatMessage:
-        """Send `text`, run the callbacks here as the answer streams; see `AsyncAgent`."""
-        final: ChatMessage | None = None
-        with self.stream(text) as events:
-            for event in events:
-                if isinstance(event, ChatMessage):
-                    final = event
-                    continue
-                try:
-                    if inspect.isawaitable(dispatch(event, on_message, on_tool_call)):
-                        raise UsageError("the blocking agent takes plain callbacks, not async ones")
-                except ToolCallError:
-                    self._stop_after_failure()
-                    raise
-        return require_final(final, self.chat_id)
-
-    def _stop_after_failure(self) -> None:
-        self._client._call(self._async._stop_after_failure)
+        """Send `text` and run the callbacks here as the answer streams; see `AsyncAgent`.
+        Callbacks must be plain functions: an async one stops the run with `UsageError`."""
+        return self._client._relay(
+            self._async.send_message, text, on_message=on_message, on_tool_call=on_tool_call
+        )
 
     def submit_tool_result(self, call_id: str, result: Any) -> None:
         """Answer a client tool call; see `AsyncAgent.submit_tool_result`."""
@@ -356,16 +414,79 @@ class Agent:
         self._client._call(self._async.stop)
 
 
+class CallbackInterrupted(Exception):
+    """A callback run by the blocking client was interrupted (Ctrl-C, SystemExit, ...); the
+    interruption itself is raised in the caller's thread once the loop has cleaned up."""
+
+
+def _answer(
+    callback: Callable[[Any], Any], argument: Any, future: asyncio.Future[Any]
+) -> BaseException | None:
+    """Run a relayed callback in this thread and hand its outcome back to the loop. Returns
+    the interruption (KeyboardInterrupt, SystemExit, ...) the callback raised, if any."""
+    loop = future.get_loop()
+    try:
+        result = callback(argument)
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()  # never awaited: close it so it does not warn
+            raise UsageError("the blocking agent takes plain callbacks, not async ones")
+    except Exception as exc:
+        loop.call_soon_threadsafe(_settle, future, exc, None)
+    except BaseException as exc:
+        loop.call_soon_threadsafe(_settle, future, CallbackInterrupted(repr(exc)), None)
+        return exc
+    else:
+        loop.call_soon_threadsafe(_settle, future, None, result)
+    return None
+
+
+def _settle(future: asyncio.Future[Any], error: BaseException | None, result: Any) -> None:
+    if future.done():  # the waiting side was cancelled meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _drain(
+    requests: queue.SimpleQueue[tuple[Callable[[Any], Any], Any, asyncio.Future[Any]] | None],
+    timeout: float,
+) -> None:
+    """Wait (bounded) for relayed work to finish after it was cancelled, refusing any callback
+    it still asks for."""
+    with contextlib.suppress(queue.Empty):  # the bound passed: go on without it
+        while (request := requests.get(timeout=timeout)) is not None:
+            future = request[2]
+            future.get_loop().call_soon_threadsafe(future.cancel)
+
+
+def _bind(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> Callable[[], Awaitable[T]]:
+    if not args and not kwargs:
+        return fn
+
+    def bound() -> Awaitable[T]:
+        return fn(*args, **kwargs)
+
+    return bound
+
+
 inference = Inference
 """Create a blocking `Inference` client (the seed document's spelling of the constructor)."""
 
 
 def _close_all_at_exit() -> None:
     # Runs before the interpreter stops daemon threads: close each open client's pool so a
-    # script that never called close() exits without "Unclosed client session" noise.
+    # script that never called close() exits without "Unclosed client session" noise, and any
+    # thread still iterating a stream sees it end.
     for client in list(_live_clients):
-        with contextlib.suppress(Exception):
+        try:
             client.close()
+        except Exception as exc:  # at exit there is no caller left to raise to
+            import logging
+
+            logging.getLogger("inferencesh").debug("closing a client at exit failed: %r", exc)
 
 
 def _reset_all_in_child() -> None:

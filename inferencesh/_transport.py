@@ -1,89 +1,156 @@
-"""HTTP transport: owns the aiohttp session, the envelope, and the mapping of foreign errors.
+"""HTTP transport: owns the aiohttp session, the envelope, the retries of REST calls, and the
+mapping of foreign errors.
 
 This is the only client-side module that imports aiohttp. Every aiohttp or asyncio exception
-raised while talking to the server is mapped here, once, to the SDK's error tree.
+raised while talking to the server is mapped here, once, to the SDK's error tree, after the
+request headers (and with them the API key) are scrubbed from it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._exceptions import (
     APIStatusError,
     ConnectError,
+    EventTooLargeError,
+    HeadersTimeoutError,
     IdleTimeoutError,
+    InferenceshError,
     ProtocolError,
+    RequestTimeoutError,
     StreamInterruptedError,
     TransportError,
     UsageError,
     status_error,
 )
-from ._streaming import parse_retry_after
+from ._retry import RetryPolicy, parse_retry_after, retry_delay
+from ._streaming import StreamingOptions
 from ._version import __version__
+from ._wire import loads
 
-__all__ = ["DEFAULT_BASE_URL", "StreamResponse", "Transport"]
+__all__ = ["DEFAULT_BASE_URL", "StreamResponse", "Transport", "validate_api_key"]
 
 logger = logging.getLogger("inferencesh.transport")
 
 DEFAULT_BASE_URL = "https://api.inference.sh"
 USER_AGENT = f"inferencesh-py/{__version__}"
+# An error answer is read up to this size: enough for any problem+json, never a whole stream.
+_MAX_ERROR_BODY = 64 * 1024
+
+
+def validate_api_key(key: str) -> str:
+    """The key as it will be sent: surrounding whitespace removed. A key that cannot be sent
+    as a header exactly as it is raises `UsageError` (the message never shows the key)."""
+    if not isinstance(key, str):
+        raise UsageError(f"the API key must be a string, got {type(key).__name__}")
+    key = key.strip()
+    if not key:
+        raise UsageError(
+            "no API key: pass api_key=... or set the INFERENCE_API_KEY environment variable"
+        )
+    if not (key.isascii() and key.isprintable()):
+        raise UsageError("the API key contains control or non-ASCII characters")
+    return key
+
+
+def _without_secrets(info: aiohttp.RequestInfo) -> aiohttp.RequestInfo:
+    headers = CIMultiDict(info.headers)
+    for name in ("Authorization", "Proxy-Authorization", "Cookie"):
+        headers.popall(name, None)
+    return aiohttp.RequestInfo(info.url, info.method, CIMultiDictProxy(headers), info.real_url)
+
+
+def _scrub(exc: BaseException) -> BaseException:
+    """Remove the request headers aiohttp keeps on `exc` and the exceptions it was raised from
+    or during (`request_info`, `history`), so no attribute of an error carries the API key."""
+    stack, seen = [exc], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        info = getattr(current, "request_info", None)
+        if isinstance(info, aiohttp.RequestInfo):
+            current.request_info = _without_secrets(info)  # type: ignore[attr-defined]
+        if getattr(current, "history", None):
+            current.history = ()  # type: ignore[attr-defined]
+        stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return exc
 
 
 @contextlib.contextmanager
-def map_errors(*, idle: bool = False) -> Iterator[None]:
+def map_errors() -> Iterator[None]:
     """Translate aiohttp/asyncio failures into the SDK's error tree, chaining the original."""
     try:
         yield
+    except InferenceshError:
+        raise
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-        raise ConnectError(f"could not connect: {_describe(exc)}") from exc
+        raise ConnectError(f"could not connect: {_describe(exc)}") from _scrub(exc)
     except aiohttp.SocketTimeoutError as exc:
-        raise IdleTimeoutError(f"the server sent nothing in time: {_describe(exc)}") from exc
-    except TimeoutError as exc:
-        if idle:
-            raise IdleTimeoutError("the stream was idle for longer than idle_timeout") from exc
-        raise TransportError("the request timed out") from exc
+        raise IdleTimeoutError(f"the server sent nothing in time: {_describe(exc)}") from _scrub(
+            exc
+        )
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-        raise StreamInterruptedError(f"the connection dropped: {_describe(exc)}") from exc
+        raise StreamInterruptedError(f"the connection dropped: {_describe(exc)}") from _scrub(exc)
     except aiohttp.InvalidURL as exc:
-        raise UsageError(f"invalid URL: {exc}") from exc
+        raise UsageError(f"invalid URL: {exc}") from _scrub(exc)
+    except aiohttp.ClientResponseError as exc:
+        # aiohttp could not read the answer as HTTP (a malformed status line or header).
+        raise ProtocolError(f"the server's answer is not valid HTTP: {_describe(exc)}") from _scrub(
+            exc
+        )
     except (aiohttp.ClientError, OSError) as exc:
-        raise TransportError(f"network error: {_describe(exc)}") from exc
+        raise TransportError(f"network error: {_describe(exc)}") from _scrub(exc)
 
 
 def _describe(exc: BaseException) -> str:
-    # aiohttp messages name host and port, never headers, so they are safe to show.
+    # aiohttp messages name the URL, host and port, never request headers.
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _may_retry(error: InferenceshError, idempotent: bool) -> bool:
+    """Whether a failed request may be sent again: always when it cannot have reached the
+    server's logic (the connection was refused, or 429: not processed); otherwise only an
+    idempotent request, after a network failure or a 5xx answer."""
+    if isinstance(error, ConnectError):
+        return True
+    if isinstance(error, APIStatusError):
+        return error.status == 429 or (idempotent and error.status >= 500)
+    return idempotent and isinstance(error, TransportError)
 
 
 class StreamResponse:
     """An open streaming response: its content type, and reads bounded by the idle timeout."""
 
-    def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float | None) -> None:
+    def __init__(
+        self, response: aiohttp.ClientResponse, *, idle_timeout: float | None, chunk_size: int
+    ) -> None:
         self._response = response
         self._idle_timeout = idle_timeout
+        self._chunk_size = chunk_size
         self.content_type = response.content_type
-        self.headers: Mapping[str, str] = response.headers
 
-    async def read(self, n: int) -> bytes:
-        """Up to `n` bytes as soon as any arrive; b"" at the end of the body."""
-        with map_errors(idle=True):
-            if self._idle_timeout is None:
-                return await self._response.content.read(n)
-            async with asyncio.timeout(self._idle_timeout):
-                return await self._response.content.read(n)
-
-    def read_buffered(self, n: int) -> bytes:
-        """Up to `n` more bytes that have already arrived, without waiting for any."""
-        with map_errors(idle=True):
-            return self._response.content.read_nowait(n)
+    async def read(self) -> bytes:
+        """Up to `chunk_size` bytes as soon as any arrive; b"" at the end of the body."""
+        with map_errors():
+            try:
+                async with asyncio.timeout(self._idle_timeout):
+                    return await self._response.content.read(self._chunk_size)
+            except TimeoutError as exc:
+                raise IdleTimeoutError(
+                    f"the stream sent nothing for {self._idle_timeout} seconds (idle_timeout)"
+                ) from exc
 
     def close(self) -> None:
         """Drop the connection now (it is not returned to the pool mid-body)."""
@@ -103,13 +170,17 @@ class Transport:
         *,
         base_url: str,
         api_key: str,
-        request_timeout: float | None,
+        timeout: float | None,
+        retry: RetryPolicy,
         max_connections: int | None,
+        max_body_bytes: int,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._api_key = api_key
-        self._request_timeout = request_timeout
+        self._api_key = validate_api_key(api_key)
+        self._timeout = timeout
+        self._retry = retry
         self._max_connections = max_connections
+        self._max_body_bytes = max_body_bytes
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._keeper: AsyncIterator[None] | None = None
@@ -122,12 +193,6 @@ class Transport:
     def closed(self) -> bool:
         """Whether `aclose()` was called."""
         return self._closed
-
-    def _headers(self) -> dict[str, str]:
-        return {
-            "Authorization": f"Bearer {self._api_key}",
-            "User-Agent": USER_AGENT,
-        }
 
     async def session(self) -> aiohttp.ClientSession:
         """The client's session, created on first use in the running loop."""
@@ -143,7 +208,7 @@ class Transport:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                headers=self._headers(),
+                headers={"Authorization": f"Bearer {self._api_key}", "User-Agent": USER_AGENT},
                 timeout=aiohttp.ClientTimeout(total=None),
                 auto_decompress=True,
             )
@@ -179,81 +244,133 @@ class Transport:
         path: str,
         *,
         json_body: Any = None,
-        retries: int = 0,
-        retry_delay: float = 0.5,
+        idempotent: bool | None = None,
     ) -> Any:
         """Send one API request and return the envelope's `data` (or the bare body).
 
-        429 and 503 answers, which mean the request was not processed, are retried up to
-        `retries` times, honouring Retry-After. Other errors raise at once.
+        A failure is retried as `RetryPolicy` says, but only where repeating the request is
+        safe (`_may_retry`); `idempotent` defaults to True for GET and DELETE. The client's
+        `timeout` bounds the whole call, waits between attempts included.
         """
+        if idempotent is None:
+            idempotent = method in ("GET", "HEAD", "DELETE")
+        deadline = asyncio.timeout(self._timeout)
+        try:
+            async with deadline:
+                attempt = 0
+                while True:
+                    try:
+                        return await self._send(method, path, json_body)
+                    except (TransportError, APIStatusError) as error:
+                        attempt += 1
+                        delay = retry_delay(
+                            self._retry, attempt, retry_after=getattr(error, "retry_after", None)
+                        )
+                        when = deadline.when()
+                        if (
+                            delay is None
+                            or not _may_retry(error, idempotent)
+                            or (
+                                when is not None
+                                and asyncio.get_running_loop().time() + delay > when
+                            )
+                        ):
+                            raise
+                        logger.info(
+                            "%s %s failed (%s); retry %d/%d in %.2fs",
+                            method,
+                            path,
+                            error,
+                            attempt,
+                            self._retry.max_retries,
+                            delay,
+                        )
+                        await asyncio.sleep(delay)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            raise RequestTimeoutError(
+                f"{method} {path} got no complete answer within {self._timeout} seconds"
+            ) from exc
+
+    async def _send(self, method: str, path: str, json_body: Any) -> Any:
         session = await self.session()
-        url = self.base_url + path
-        attempt = 0
-        while True:
-            timeout = aiohttp.ClientTimeout(total=self._request_timeout)
-            with map_errors():
-                async with session.request(method, url, json=json_body, timeout=timeout) as resp:
-                    body = await resp.read()
-                    if resp.status < 400:
-                        return _unwrap(resp.status, body)
-                    error = status_error(
-                        resp.status,
-                        body,
-                        retry_after=parse_retry_after(resp.headers.get("Retry-After")),
-                    )
-            if error.status not in (429, 503) or attempt >= retries:
-                raise error
-            attempt += 1
-            wait = max(retry_delay * 2 ** (attempt - 1), error.retry_after or 0.0)
-            logger.info("%s %s answered %s; retrying in %.2fs", method, path, error.status, wait)
-            await asyncio.sleep(wait)
+        started = time.monotonic()
+        with map_errors():
+            async with session.request(method, self.base_url + path, json=json_body) as resp:
+                if resp.status >= 400:
+                    body = await resp.content.read(_MAX_ERROR_BODY)
+                    raise _status_error(resp, body)
+                body = await _read_body(resp, self._max_body_bytes)
+        logger.debug(
+            "%s %s -> %s in %.1f ms", method, path, resp.status, (time.monotonic() - started) * 1e3
+        )
+        return _unwrap(resp.status, body)
 
     @contextlib.asynccontextmanager
     async def stream(
-        self,
-        path: str,
-        *,
-        headers: Mapping[str, str],
-        connect_timeout: float | None,
-        idle_timeout: float | None,
+        self, path: str, *, headers: Mapping[str, str], options: StreamingOptions
     ) -> AsyncIterator[StreamResponse]:
-        """Open a streaming GET; raises the mapped APIStatusError for a non-2xx answer."""
+        """Open a streaming GET. Raises the mapped `APIStatusError` for a non-2xx answer and
+        `HeadersTimeoutError` when no response headers arrive within `headers_timeout`."""
         session = await self.session()
         timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, connect=connect_timeout
+            total=None, connect=options.connect_timeout, sock_connect=options.connect_timeout
         )
         with map_errors():
             ctx = session.get(self.base_url + path, headers=headers, timeout=timeout)
-            resp = await ctx.__aenter__()
+            waiting = asyncio.timeout(options.headers_timeout)
+            try:
+                async with waiting:
+                    resp = await ctx.__aenter__()
+            except TimeoutError as exc:
+                if not waiting.expired():
+                    raise
+                raise HeadersTimeoutError(
+                    f"no response headers for {path} within {options.headers_timeout} seconds "
+                    "(headers_timeout)"
+                ) from exc
         try:
             if resp.status >= 400:
-                with map_errors(idle=True):
-                    body = await _read_error_body(resp, idle_timeout)
-                raise status_error(
-                    resp.status,
-                    body,
-                    retry_after=parse_retry_after(resp.headers.get("Retry-After")),
-                )
-            yield StreamResponse(resp, idle_timeout)
+                with map_errors():
+                    try:
+                        async with asyncio.timeout(options.idle_timeout):
+                            body = await resp.content.read(_MAX_ERROR_BODY)
+                    except TimeoutError:
+                        body = b""
+                raise _status_error(resp, body)
+            yield StreamResponse(
+                resp, idle_timeout=options.idle_timeout, chunk_size=options.chunk_size
+            )
         finally:
             resp.close()
             await ctx.__aexit__(None, None, None)
 
 
-async def _read_error_body(resp: aiohttp.ClientResponse, idle_timeout: float | None) -> bytes:
-    # An error body is small; cap it so a misbehaving server cannot make us buffer a stream.
-    async with asyncio.timeout(idle_timeout):
-        return await resp.content.read(64 * 1024)
+def _status_error(resp: aiohttp.ClientResponse, body: bytes) -> APIStatusError:
+    return status_error(
+        resp.status, body, retry_after=parse_retry_after(resp.headers.get("Retry-After"))
+    )
+
+
+async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body of a REST answer, refusing one larger than `limit` bytes."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise EventTooLargeError(f"the answer is {resp.content_length} bytes, over {limit}")
+    pieces: list[bytes] = []
+    size = 0
+    while chunk := await resp.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise EventTooLargeError(f"the answer is larger than {limit} bytes")
+        pieces.append(chunk)
+    return b"".join(pieces)
 
 
 def _unwrap(status: int, body: bytes) -> Any:
     if status == 204 or not body.strip():
         return None
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        raise ProtocolError(f"the server answered {status} with a body that is not JSON") from exc
+    payload = loads(body)
     if isinstance(payload, Mapping) and "data" in payload:
         if payload.get("success") is False:
             raise APIStatusError(status, "the server reported success: false", body=payload)

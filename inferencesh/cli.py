@@ -80,6 +80,12 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _whole_seconds(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a whole number of seconds, got {text!r}")
+    return int(text)
+
+
 def _positive_seconds(text: str) -> float:
     value = _seconds(text)
     if value <= 0:
@@ -150,7 +156,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="answer the next K requests with --fail-status",
     )
     faults.add_argument("--fail-status", type=_error_status, default=503, metavar="S")
-    faults.add_argument("--retry-after", type=_seconds, metavar="SECONDS")
+    faults.add_argument("--retry-after", type=_whole_seconds, metavar="SECONDS")
     faults.add_argument(
         "--delay", type=_seconds, default=0.0, metavar="SECONDS", help="delay every response"
     )

@@ -5,12 +5,15 @@ HTML "Server-sent events" parsing and interpretation rules exactly
 (https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation).
 It does no I/O: the transport feeds it whatever chunks the socket produced, cut at any byte
 boundary (inside a UTF-8 sequence, between CR and LF, inside the BOM), and gets back the events
-those bytes completed, never an event later than the chunk that finished it. It works on bytes
-with C-level `find`/`split`/`replace` and decodes each chunk's complete lines in one call, never
-loops per byte, and appends a long partial line to a bytearray, so the cost is linear in the
-input however it is cut (it sits on the hot path of every stream). One line may be at most
-`max_line_bytes` long; a longer one raises `SSELineTooLongError` instead of growing memory
-without bound.
+those bytes completed, never an event later than the chunk that finished it.
+
+It works on bytes: line ends are found with C-level `find`/`split`, a line cut across chunks is
+kept as the chunks themselves and joined once when it ends, and event data stays bytes until a
+caller wants text (JSON decoders read UTF-8 bytes directly). Splitting at ASCII line ends
+commutes with UTF-8 decoding with replacement, so decoding per field gives exactly what decoding
+the whole stream first would. The cost is linear in the input however it is cut. One line, and
+one event's data, may be at most `max_line_bytes` long; more raises `SSELineTooLongError`
+instead of growing memory without bound.
 
 `encode_sse` writes events for the server side (the local emulator and tests).
 """
@@ -25,6 +28,7 @@ from typing import Final, NoReturn
 import attrs
 
 from ._exceptions import SSELineTooLongError
+from ._streaming import DEFAULT_MAX_EVENT_BYTES
 
 __all__ = ["SSEDecoder", "ServerSentEvent", "encode_sse"]
 
@@ -39,29 +43,42 @@ class ServerSentEvent:
 
 
 _BOM: Final = b"\xef\xbb\xbf"
-
-# What a chunk dispatched: the events' types, data and ids, as three lists in order.
-_Dispatched = tuple[list[str], list[str], list[str]]
 # Below this many complete lines in a chunk, looking for a run of events does not pay.
 _MIN_RUN_LINES: Final = 8
+# A data value longer than this is handed on as a view of its line rather than copied.
+_VIEW_FROM: Final = 64 * 1024
 _after_data_colon_space = itemgetter(slice(6, None))
 _after_id_colon_space = itemgetter(slice(4, None))
 
-# Built once: dispatching is the per-event hot path, and the attrs-generated `__init__` of a frozen
-# class goes through `object.__setattr__` per field. Setting the slots through their descriptors
-# is the same operation (what attrs itself does) at about two thirds of the cost.
-_new_event_object = object.__new__
-_set_event = ServerSentEvent.__dict__["event"].__set__
-_set_data = ServerSentEvent.__dict__["data"].__set__
-_set_id = ServerSentEvent.__dict__["id"].__set__
+Data = bytes | memoryview
 
 
-def _make_event(event: str, data: str, id: str) -> ServerSentEvent:
-    sse: ServerSentEvent = _new_event_object(ServerSentEvent)
-    _set_event(sse, event)
-    _set_data(sse, data)
-    _set_id(sse, id)
-    return sse
+class _Dispatched:
+    """What one chunk dispatched, as parallel lists: each event's type, data (UTF-8 bytes),
+    last event ID (the spec's persistent buffer) and the ID it set itself (None if none)."""
+
+    __slots__ = ("datas", "fresh_ids", "ids", "types")
+
+    def __init__(self) -> None:
+        self.types: list[str] = []
+        self.datas: list[Data] = []
+        self.ids: list[str] = []
+        self.fresh_ids: list[str | None] = []
+
+
+class _TooLong(Exception):
+    """A line or event passed the bound; carries what was dispatched before it."""
+
+    def __init__(self, dispatched: _Dispatched) -> None:
+        self.dispatched = dispatched
+
+
+def _text(value: bytes | memoryview) -> str:
+    return str(value, "utf-8", "replace")
+
+
+def _events(out: _Dispatched) -> list[ServerSentEvent]:
+    return list(map(ServerSentEvent, out.types, map(_text, out.datas), out.ids))
 
 
 class SSEDecoder:
@@ -75,21 +92,24 @@ class SSEDecoder:
     `last_event_id` the last event ID buffer, which persists across events; a reconnecting
     client sends it as `Last-Event-ID`.
 
-    A line longer than `max_line_bytes` (terminator excluded) raises `SSELineTooLongError` as
-    soon as the buffered part of it passes the bound; events completed earlier in the same
-    chunk are on the exception's `events`. The stream is out of sync after that, so the decoder
-    is then closed: every later `feed` raises `SSELineTooLongError` again (with no events).
-    Reconnect with a new decoder, passing on `last_event_id`.
+    A line longer than `max_line_bytes` (terminator excluded), or an event whose data grows
+    past it, raises `SSELineTooLongError` as soon as the buffered part passes the bound; events
+    completed earlier in the same chunk are on the exception's `events`. The stream is out of
+    sync after that, so the decoder is then closed: every later `feed` raises again (with no
+    events). Reconnect with a new decoder, passing on `last_event_id`.
     """
 
     __slots__ = (
         "_bom",
         "_broken",
         "_data",
+        "_data_len",
         "_event_type",
+        "_fresh_id",
         "_max_line_bytes",
-        "_partial",
         "_pending_cr",
+        "_pending_len",
+        "_pieces",
         "last_event_id",
         "retry",
     )
@@ -97,7 +117,7 @@ class SSEDecoder:
     retry: int | None
     last_event_id: str
 
-    def __init__(self, max_line_bytes: int = 1024 * 1024) -> None:
+    def __init__(self, max_line_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         if max_line_bytes < 1:
             raise ValueError("max_line_bytes must be at least 1")
         self._max_line_bytes = max_line_bytes
@@ -107,83 +127,92 @@ class SSEDecoder:
         self._bom: bytes | None = b""
         # The last chunk ended in CR: an LF that starts the next chunk belongs to that CRLF.
         self._pending_cr = False
-        # The unterminated line so far. Appending to a bytearray is amortized O(1) and costs a
-        # byte per byte, so a long line arriving in tiny chunks stays linear in time and memory.
-        self._partial = bytearray()
+        # The unterminated line so far, as the pieces it arrived in (joined once, at its end).
+        self._pieces: list[bytes] = []
+        self._pending_len = 0
         # The data buffer as its lines (joined with LF at dispatch) and the event type buffer.
-        self._data: list[str] = []
+        self._data: list[Data] = []
+        self._data_len = 0
         self._event_type = ""
+        # The ID an `id:` field set since the last dispatch, if any.
+        self._fresh_id: str | None = None
         self._broken = False
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         """Decode the next `chunk` of the stream; return the events it completed, in order.
 
-        Raises `SSELineTooLongError` when a line passes `max_line_bytes`.
+        Raises `SSELineTooLongError` when a line or an event passes `max_line_bytes`.
         """
-        types, datas, ids = self._decode(chunk)
-        return list(map(_make_event, types, datas, ids))
+        try:
+            out = self._decode(chunk)
+        except _TooLong as failure:
+            raise self._error(failure.dispatched) from None
+        return _events(out)
 
-    def feed_data(self, chunk: bytes) -> tuple[list[str], list[str]]:
-        """Like `feed`, for consumers that ignore event types: the data of each event `chunk`
-        completed, and the event's id, as two lists in order. No event objects are built."""
-        _, datas, ids = self._decode(chunk)
-        return datas, ids
+    def feed_payloads(
+        self, chunk: bytes
+    ) -> tuple[list[Data], list[str | None], SSELineTooLongError | None]:
+        """Like `feed`, for readers of JSON payloads: each completed event's data as UTF-8
+        bytes, and the ID the event set itself (None when it set none), as two lists; then
+        the error `feed` would raise, returned after the events completed before it."""
+        try:
+            out = self._decode(chunk)
+        except _TooLong as failure:
+            out = failure.dispatched
+            return out.datas, out.fresh_ids, self._error(out)
+        return out.datas, out.fresh_ids, None
+
+    def _error(self, dispatched: _Dispatched) -> SSELineTooLongError:
+        return SSELineTooLongError(
+            f"an SSE line or event exceeded max_line_bytes={self._max_line_bytes}",
+            events=_events(dispatched),
+        )
 
     def _decode(self, chunk: bytes) -> _Dispatched:
         if self._broken:
-            raise SSELineTooLongError(
-                "the SSE decoder is closed after a line exceeded max_line_bytes"
-            )
+            raise _TooLong(_Dispatched())
         if self._bom is not None:
             chunk = self._strip_bom(chunk)
         if not chunk:
-            return [], [], []
+            return _Dispatched()
         if self._pending_cr:
             self._pending_cr = False
             if chunk[0] == 0x0A:
                 chunk = chunk[1:]
                 if not chunk:
-                    return [], [], []
+                    return _Dispatched()
         if b"\r" in chunk:
             # A CR ending the chunk ends its line now (so its event is not held back); an LF
             # that may follow it at the start of the next chunk is then skipped.
             self._pending_cr = chunk[-1] == 0x0D
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        cut = chunk.rfind(b"\n")
-        partial = self._partial
-        if cut < 0:
-            # No line end in this chunk: keep the piece; nothing is complete.
-            partial += chunk
-            if len(partial) > self._max_line_bytes:
-                self._fail(([], [], []))
-            return [], [], []
-        over = len(partial) + len(chunk) > self._max_line_bytes
-        # `body` is the complete lines without their last terminator; `tail` the new partial.
-        tail = chunk[cut + 1 :]
-        if partial:
-            partial += memoryview(chunk)[:cut]
-            body: bytes | bytearray = partial
-            self._partial = bytearray(tail)
-        else:
-            body = chunk[:cut]
-            if tail:
-                partial += tail
-        # Splitting at LF commutes with UTF-8 decoding (errors="replace"): an ASCII byte never
-        # belongs to a multibyte sequence and always ends an invalid one. So the complete lines
-        # are decoded in one call, and a sequence cut by a line end becomes U+FFFD there.
-        lines = body.decode("utf-8", "replace").split("\n")
-        if over:
-            # Only when this chunk could hold a line over the bound: find it (in bytes).
-            self._check_lengths(body, tail, lines)
-        return self._interpret(lines)
-
-    def _check_lengths(self, body: bytes | bytearray, tail: bytes, lines: list[str]) -> None:
         limit = self._max_line_bytes
-        for index, line in enumerate(body.split(b"\n")):
-            if len(line) > limit:
-                self._fail(self._interpret(lines[:index]))
-        if len(tail) > limit:
-            self._fail(self._interpret(lines))
+        if chunk.find(b"\n") < 0:
+            # No line end in this chunk: keep it as it is; nothing is complete.
+            self._pieces.append(chunk)
+            self._pending_len += len(chunk)
+            if self._pending_len > limit:
+                self._fail(_Dispatched())
+            return _Dispatched()
+        lines = chunk.split(b"\n")
+        tail = lines.pop()
+        over = self._pending_len + len(chunk) > limit
+        if self._pieces:
+            self._pieces.append(lines[0])
+            lines[0] = b"".join(self._pieces)
+            self._pieces = []
+            self._pending_len = 0
+        if tail:
+            self._pieces.append(tail)
+            self._pending_len = len(tail)
+        if over:
+            # Only when this chunk could hold a line over the bound: find it.
+            for index, line in enumerate(lines):
+                if len(line) > limit:
+                    self._fail(self._interpret(lines[:index]))
+            if len(tail) > limit:
+                self._fail(self._interpret(lines))
+        return self._interpret(lines)
 
     def _strip_bom(self, chunk: bytes) -> bytes:
         # The UTF-8 decode algorithm drops one leading BOM; it may arrive split across chunks.
@@ -196,36 +225,34 @@ class SSEDecoder:
 
     def _fail(self, dispatched: _Dispatched) -> NoReturn:
         self._broken = True
-        self._partial = bytearray()
+        self._pieces = []
         self._data = []
-        raise SSELineTooLongError(
-            f"an SSE line exceeded max_line_bytes={self._max_line_bytes}",
-            events=list(map(_make_event, *dispatched)),
-        )
+        raise _TooLong(dispatched)
 
-    def _interpret(self, lines: list[str]) -> _Dispatched:
+    def _interpret(self, lines: list[bytes]) -> _Dispatched:
         # WHATWG 9.2.6 over complete lines, terminators removed. A busy stream is mostly a run
         # of same-shaped events, which `_run` takes whole; the rest goes line by line.
-        out: _Dispatched = ([], [], [])
+        out = _Dispatched()
         start = 0
-        if len(lines) >= _MIN_RUN_LINES and "" in lines:
+        if len(lines) >= _MIN_RUN_LINES and b"" in lines:
             # Finish the event in progress, then look for a run from the next event's start.
-            start = lines.index("") + 1
+            start = lines.index(b"") + 1
             self._lines(lines[:start], out)
             start = self._run(lines, start, out)
         self._lines(lines[start:] if start else lines, out)
         return out
 
-    def _run(self, lines: list[str], start: int, out: _Dispatched) -> int:
+    def _run(self, lines: list[bytes], start: int, out: _Dispatched) -> int:
         """Take the run of `id: X` / `data: Y` / blank (or `data: Y` / blank) events that starts
         at `start` and fills `lines` up to its last few lines; return where it ends (`start` if
         there is none). Such events need none of the line-by-line rules: each has type
-        "message", data Y and id X (or the current last event id)."""
+        "message", data Y and ID X (or the current last event ID, set by no event of the run).
+        """
         if start == len(lines):
             return start
-        if lines[start].startswith("id: "):
+        if lines[start].startswith(b"id: "):
             period = 3
-        elif lines[start].startswith("data: "):
+        elif lines[start].startswith(b"data: "):
             period = 2
         else:
             return start
@@ -235,63 +262,73 @@ class SSEDecoder:
         end = start + count * period
         id_lines = lines[start:end:3] if period == 3 else None
         data_lines = lines[start + period - 2 : end : period]
-        if (
-            any(lines[start + period - 1 : end : period])  # a non-blank where a blank belongs
-            or not all(map(str.startswith, data_lines, repeat("data: ")))
-            or (
-                id_lines is not None
-                and (
-                    not all(map(str.startswith, id_lines, repeat("id: ")))
-                    or "\0" in "".join(id_lines)  # an id with NUL is ignored: go slowly
-                )
-            )
+        if any(lines[start + period - 1 : end : period]) or not all(  # a non-blank where a blank is
+            map(bytes.startswith, data_lines, repeat(b"data: "))
         ):
             return start
-        types, datas, ids = out
-        types += repeat("message", count)
-        datas += map(_after_data_colon_space, data_lines)
+        if id_lines is not None:
+            if not all(map(bytes.startswith, id_lines, repeat(b"id: "))):
+                return start
+            joined = b"".join(id_lines)
+            if b"\0" in joined or not joined.isascii():  # NUL is ignored, non-ASCII decoded
+                return start
+        out.types += repeat("message", count)
+        out.datas += map(_after_data_colon_space, data_lines)
         if id_lines is None:
-            ids += repeat(self.last_event_id, count)
+            out.ids += repeat(self.last_event_id, count)
+            # Only the first event can carry an ID set by an earlier block without data.
+            out.fresh_ids.append(self._fresh_id)
+            out.fresh_ids += repeat(None, count - 1)
         else:
-            ids += map(_after_id_colon_space, id_lines)
+            ids = [line[4:].decode("ascii") for line in id_lines]
+            out.ids += ids
+            out.fresh_ids += ids
             self.last_event_id = ids[-1]
+        self._fresh_id = None
         return end
 
-    def _lines(self, lines: list[str], out: _Dispatched) -> None:
-        types, datas, ids = out
+    def _lines(self, lines: list[bytes], out: _Dispatched) -> None:
         data = self._data
-        event_type = self._event_type
-        last_event_id = self.last_event_id
         for line in lines:
             if not line:
                 # A blank line dispatches. No data lines, no event; the type resets anyway.
                 if data:
-                    types.append(event_type or "message")
-                    datas.append("\n".join(data))
-                    ids.append(last_event_id)
+                    out.types.append(self._event_type or "message")
+                    out.datas.append(data[0] if len(data) == 1 else b"\n".join(data))
+                    out.ids.append(self.last_event_id)
+                    out.fresh_ids.append(self._fresh_id)
+                    self._fresh_id = None
                     data = []
-                event_type = ""
+                    self._data_len = 0
+                self._event_type = ""
                 continue
-            name, _, value = line.partition(":")
+            name, colon, value = line.partition(b":")
             if not name:
                 continue  # a comment: the line starts with ':'
-            if value[:1] == " ":
-                value = value[1:]
-            if name == "data":
-                data.append(value)
-            elif name == "event":
-                event_type = value
-            elif name == "id":
-                if "\0" not in value:  # an id with NUL is ignored
-                    last_event_id = value
-            elif name == "retry" and value.isascii() and value.isdigit():
-                # str.isdigit alone accepts non-ASCII digits; both are false for "".
-                with contextlib.suppress(ValueError):  # past Python's int-from-str digit limit
-                    self.retry = int(value)
+            skip = len(name) + len(colon)
+            if value[:1] == b" ":
+                skip += 1
+            if name == b"data":
+                if len(line) - skip > _VIEW_FROM:
+                    data.append(memoryview(line)[skip:])
+                else:
+                    data.append(line[skip:])
+                self._data_len += len(line) - skip + 1  # its LF when lines are joined
+                if self._data_len - 1 > self._max_line_bytes:
+                    self._data = data
+                    self._fail(out)
+            elif name == b"event":
+                self._event_type = _text(line[skip:])
+            elif name == b"id":
+                if b"\0" not in value:  # an id with NUL is ignored
+                    self.last_event_id = self._fresh_id = _text(line[skip:])
+            elif name == b"retry":
+                value = line[skip:]
+                if value.isdigit():  # bytes.isdigit is ASCII digits only; false for b""
+                    with contextlib.suppress(ValueError):  # past Python's int digit limit
+                        self.retry = int(value)
             # Any other field (and a retry that is not all ASCII digits) is ignored.
         self._data = data
-        self._event_type = event_type
-        self.last_event_id = last_event_id
 
 
 def encode_sse(

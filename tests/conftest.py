@@ -79,7 +79,17 @@ class StreamRead:
     error: BaseException | None
 
     def ndjson(self) -> list[Any]:
-        return [json.loads(line) for line in self.lines]
+        """The payloads, without the `event_id` each event line carries (heartbeats have none)."""
+        payloads = [json.loads(line) for line in self.lines]
+        for payload in payloads:
+            if payload != {"type": "heartbeat"}:
+                assert payload.pop("event_id").isdigit(), payload
+        return payloads
+
+    def ndjson_ids(self) -> list[int]:
+        """The `event_id` of each event line (heartbeats skipped)."""
+        lines = [json.loads(line) for line in self.lines]
+        return [int(line["event_id"]) for line in lines if line != {"type": "heartbeat"}]
 
     def sse(self) -> list[SSEEvent]:
         return parse_sse_lines(self.lines)

@@ -140,7 +140,7 @@ async def test_ndjson_reconnect_reconciles_from_snapshot(
     drop_after: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A server that answers NDJSON (no replay) is reconciled from its fresh snapshots."""
-    monkeypatch.setattr("inferencesh._resumable.ACCEPT", "application/x-ndjson")
+    monkeypatch.setattr("inferencesh._reader.ACCEPT", "application/x-ndjson")
     emu = fast_emulator(sim_steps=6, drop_after=drop_after)
     # NDJSON carries no `retry:` hint; a small real backoff gives the task time to move
     # between reconnects that each see only a snapshot.
@@ -252,22 +252,33 @@ async def test_503_then_success(server: str, emu: Emulator) -> None:
     assert TaskStatus.COMPLETED == updates[-1].status
 
 
-async def test_503_on_create_is_retried(server: str, emu: Emulator) -> None:
-    """POST /apps/run answered 503 (not processed) is retried."""
-    emu.faults.fail_next(1, status=503)
+async def test_429_on_create_is_retried(server: str, emu: Emulator) -> None:
+    """POST /apps/run answered 429 (not processed) is retried, and the task made once."""
+    emu.faults.fail_next(1, status=429)
     async with async_inference(api_key="k", base_url=server) as client:
         final = await client.run(SIM, options=FAST)
     assert TaskStatus.COMPLETED == final.status
+    assert 1 == len(emu.tasks)
+
+
+async def test_503_on_create_is_not_retried(server: str, emu: Emulator) -> None:
+    """A 503 may come after the app was reached: POST /apps/run is not sent again."""
+    emu.faults.fail_next(1, status=503)
+    async with async_inference(api_key="k", base_url=server) as client:
+        with pytest.raises(inferencesh.ServerError):
+            await client.run(SIM, options=FAST)
+        assert 0 == emu.faults.pending_failures
+        assert TaskStatus.COMPLETED == (await client.run(SIM, options=FAST)).status
 
 
 async def test_429_retry_after_is_honoured(server: str, emu: Emulator) -> None:
     """A 429 with Retry-After delays the reconnect by at least that long."""
     async with async_inference(api_key="k", base_url=server) as client:
         created = await client.run(SIM, wait=False)
-        emu.faults.fail_next(1, status=429, retry_after=0.5)
+        emu.faults.fail_next(1, status=429, retry_after=1)
         started = time.monotonic()
         updates = await collect(client.stream_task(created.id, FAST))
-    assert time.monotonic() - started >= 0.5
+    assert time.monotonic() - started >= 1
     assert TaskStatus.COMPLETED == updates[-1].status
 
 

@@ -75,8 +75,8 @@ class ChatStream:
             if payload == {"type": "heartbeat"}:
                 self.heartbeats += 1
                 return None
-            assert set(payload) == {"event", "data"}, payload
-            return Item(None, payload["event"], payload["data"])
+            assert set(payload) == {"event", "data", "event_id"}, payload
+            return Item(int(payload["event_id"]), payload["event"], payload["data"])
         fields: dict[str, str] = {}
         while (line := await self._line()) != "":
             name, _, value = line.partition(":")
@@ -423,10 +423,11 @@ async def test_resume_from_before_the_retained_window_gets_a_snapshot(local_serv
     async with local_server(max_events_per_task=4) as srv:
         reply, last = await turn(srv, "bounded", "r")
         chat_id = reply["user_message"]["chat_id"]
-        assert last.id is None  # NDJSON
+        assert last.id is not None  # NDJSON lines carry event ids too
         async with chat_stream(srv, chat_id, last_event_id=1) as stream:
             items = [await stream.next() for _ in range(3)]
         assert [i.event for i in items] == ["chat_messages", "chat_messages", "chats"]
+        assert {i.id for i in items} == {last.id}  # a snapshot: every frame at the newest seq
         assert items[2].data["status"] == "idle"
         assert len(srv.emu.chats.get(chat_id).log) == 4
 
@@ -617,10 +618,10 @@ async def test_strict_apps_makes_unregistered_agents_404(local_server: Any) -> N
 async def test_faults_apply_to_chat_endpoints(local_server: Any) -> None:
     """fail_next answers chat requests with the forced error too, before anything else."""
     async with local_server() as srv:
-        srv.emu.faults.fail_next(1, status=503, retry_after=0.5)
+        srv.emu.faults.fail_next(1, status=503, retry_after=3)
         async with srv.session.post("/agents/run", json={}) as resp:
             assert resp.status == 503
-            assert resp.headers["Retry-After"] == "0.5"
+            assert resp.headers["Retry-After"] == "3"
         assert len(srv.emu.chats) == 0
         reply = await send(srv, "after the fault")
         assert reply["user_message"]["order"] == 1

@@ -176,10 +176,10 @@ async def test_fail_next_429_with_retry_after(local_server: Any) -> None:
         async with srv.session.get(f"/tasks/{task['id']}/stream") as resp:
             await problem_of(resp, 429, "rate_limited")
             assert resp.headers["Retry-After"] == "2"
-        srv.emu.faults.fail_next(1, status=429, retry_after=0.25)
+        srv.emu.faults.fail_next(1, status=429, retry_after=0)
         async with srv.session.get(f"/tasks/{task['id']}") as resp:
             await problem_of(resp, 429, "rate_limited")
-            assert resp.headers["Retry-After"] == "0.25"
+            assert resp.headers["Retry-After"] == "0"
         async with srv.session.get(f"/tasks/{task['id']}") as resp:
             assert resp.status == 200
 
@@ -206,6 +206,8 @@ def test_fault_and_option_validation() -> None:
         faults.fail_next(-1)
     with pytest.raises(ValueError, match="retry_after"):
         faults.fail_next(1, retry_after=-1)
+    with pytest.raises(ValueError, match="retry_after"):
+        faults.fail_next(1, retry_after=0.5)  # type: ignore[arg-type]  # delta-seconds are whole
     with pytest.raises(ValueError, match="drop_after"):
         faults.drop_after = 0
     with pytest.raises(ValueError, match="delay"):

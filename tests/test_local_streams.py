@@ -15,6 +15,7 @@ from inferencesh.local import AppContext, Emulator, EmulatorOptions, serve
 pytestmark = pytest.mark.anyio
 
 HEARTBEAT = '{"type":"heartbeat"}'
+SSE = "text/event-stream"
 
 
 def status_of(event: dict[str, Any]) -> int:
@@ -220,13 +221,22 @@ async def test_replay_older_than_the_retained_window_falls_back(local_server: An
         assert "short_id" in events[0].json()
 
 
-async def test_ndjson_ignores_last_event_id(local_server: Any) -> None:
-    """NDJSON always starts from a snapshot (the official clients send no Last-Event-ID)."""
-    async with local_server() as srv:
+async def test_ndjson_lines_carry_event_ids_and_resume(local_server: Any) -> None:
+    """NDJSON lines carry the SSE id as `event_id`; Last-Event-ID resumes them as in SSE."""
+    async with local_server(sim_steps=3) as srv:
         task = await srv.create("a/b")
         await srv.wait_status(task["id"], 10)
-        read = await srv.read_stream(task["id"], last_event_id=2)
-        assert [e["status"] for e in read.ndjson()] == [10]
+        sse = (await srv.read_stream(task["id"], accept=SSE, last_event_id=0)).sse_events()
+        full = await srv.read_stream(task["id"], last_event_id=0)
+        assert [int(e.id) for e in sse] == full.ndjson_ids()  # type: ignore[arg-type]
+        assert [e.json() for e in sse] == full.ndjson()
+        resumed = await srv.read_stream(task["id"], last_event_id=2)
+        assert full.ndjson_ids()[2:] == resumed.ndjson_ids()
+        assert full.ndjson()[2:] == resumed.ndjson()
+        # Without Last-Event-ID (the official clients): one snapshot of the finished task.
+        fresh = await srv.read_stream(task["id"])
+        assert [e["status"] for e in fresh.ndjson()] == [10]
+        assert fresh.ndjson_ids() == [full.ndjson_ids()[-1]]
 
 
 # -- drop_after ---

@@ -7,7 +7,7 @@ import importlib
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import attrs
 
@@ -295,5 +295,4 @@ def load_app(spec: str) -> tuple[str, AppFunction]:
             raise ValueError(f"{module_name!r} has no attribute {attr!r}") from None
     if not callable(fn):
         raise ValueError(f"{target!r} is not callable")
-    app: AppFunction = fn
-    return ref.strip(), app
+    return ref.strip(), cast(AppFunction, fn)

@@ -31,12 +31,29 @@ class Frame:
     data: str
     event: str | None = None
 
-    def ndjson(self) -> bytes:
-        """The payload as one NDJSON line; a named event becomes `{"event": ..., "data": ...}`."""
+    def ndjson(self, seq: int) -> bytes:
+        """The payload as one NDJSON line; a named event becomes `{"event": ..., "data": ...}`.
+
+        The line also carries `"event_id": "<seq>"`, the NDJSON form of the SSE `id:` field
+        (our extension: clients of the hosted API ignore unknown keys; ours resume with it).
+        """
+        event_id = '"event_id":"' + str(seq) + '"'
         if self.event is None:
-            return (self.data + "\n").encode("ascii")
-        line = '{"event":' + encode_json(self.event) + ',"data":' + self.data + "}\n"
-        return line.encode("ascii")
+            if not self.data.startswith("{"):
+                raise ValueError("an unnamed frame must hold a JSON object")
+            rest = self.data[1:]
+            line = "{" + event_id + ("," + rest if rest != "}" else "}")
+        else:
+            line = (
+                '{"event":'
+                + encode_json(self.event)
+                + ',"data":'
+                + self.data
+                + ","
+                + event_id
+                + "}"
+            )
+        return (line + "\n").encode("ascii")
 
     def sse(self, seq: int) -> bytes:
         """The payload as one SSE event block with `id: seq`."""
@@ -58,7 +75,7 @@ class LogEvent:
     def ndjson(self) -> bytes:
         """The NDJSON line, encoded once and shared by every connection."""
         if self._ndjson is None:
-            self._ndjson = self.frame.ndjson()
+            self._ndjson = self.frame.ndjson(self.seq)
         return self._ndjson
 
     def sse(self) -> bytes:

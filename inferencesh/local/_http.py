@@ -19,7 +19,6 @@ from ._chats import Chat, ChatError
 from ._emulator import Emulator
 from ._streaming import (
     Connection,
-    Framing,
     StreamSettings,
     StreamSource,
     negotiate_framing,
@@ -94,11 +93,6 @@ def _envelope(data: Any) -> web.Response:
     return web.Response(body=body.encode("ascii"), content_type="application/json")
 
 
-def _format_seconds(value: float) -> str:
-    # Retry-After is delay-seconds; fractions are kept for fast tests (our client reads them).
-    return str(int(value)) if float(value).is_integer() else repr(value)
-
-
 # -- middlewares (outermost first) ----------------------------------------------------------------
 
 
@@ -136,7 +130,7 @@ async def _faults(request: web.Request, handler: _Handler) -> web.StreamResponse
     if failure is not None:
         headers = None
         if failure.retry_after is not None:
-            headers = {"Retry-After": _format_seconds(failure.retry_after)}
+            headers = {"Retry-After": str(failure.retry_after)}
         return problem(failure.status, f"injected failure ({failure.status})", headers=headers)
     return await handler(request)
 
@@ -304,9 +298,8 @@ async def serve_stream(request: web.Request, source: StreamSource) -> web.Stream
     """Stream `source`'s events in the framing `Accept` asks for, counted as an open stream."""
     emulator = request.app[EMULATOR]
     framing = negotiate_framing(request.headers.get("Accept"))
-    last_event_id = None
-    if framing is Framing.SSE:
-        last_event_id = parse_last_event_id(request.headers.get("Last-Event-ID"))
+    # Both framings resume: SSE events carry `id:`, NDJSON lines an `event_id` key.
+    last_event_id = parse_last_event_id(request.headers.get("Last-Event-ID"))
     settings = StreamSettings(
         heartbeat_interval=emulator.options.heartbeat_interval,
         retry_ms=emulator.options.retry_ms,

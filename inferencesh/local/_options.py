@@ -104,7 +104,7 @@ class FailureFault:
     """One forced error answer: its HTTP status and optional Retry-After seconds."""
 
     status: int
-    retry_after: float | None
+    retry_after: int | None
 
 
 class Faults:
@@ -156,24 +156,21 @@ class Faults:
         with self._lock:
             self._delay = float(value)
 
-    def fail_next(self, count: int, *, status: int = 503, retry_after: float | None = None) -> None:
+    def fail_next(self, count: int, *, status: int = 503, retry_after: int | None = None) -> None:
         """Answer the next `count` requests with `status` (problem+json), before auth.
 
-        `retry_after` (seconds) adds a `Retry-After` header. Calls add up: each queued failure
-        is used once, in order.
+        `retry_after` (whole seconds, as RFC 9110's delta-seconds) adds a `Retry-After` header.
+        Calls add up: each queued failure is used once, in order.
         """
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ValueError(f"count must be a non-negative integer, got {count!r}")
         if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
             raise ValueError(f"status must be an HTTP error status (400-599), got {status!r}")
         if retry_after is not None and (
-            isinstance(retry_after, bool)
-            or not isinstance(retry_after, int | float)
-            or not math.isfinite(retry_after)
-            or retry_after < 0
+            isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0
         ):
-            raise ValueError(f"retry_after must be a non-negative number, got {retry_after!r}")
-        fault = FailureFault(status, None if retry_after is None else float(retry_after))
+            raise ValueError(f"retry_after must be a whole number of seconds, got {retry_after!r}")
+        fault = FailureFault(status, retry_after)
         with self._lock:
             self._failures.extend([fault] * count)
 

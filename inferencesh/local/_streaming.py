@@ -165,7 +165,7 @@ class Connection:
     async def _run(self) -> bool:
         """Send events; True when the stream should end cleanly, False when the client is gone."""
         log = self.source.log
-        if self.framing is Framing.SSE and self.last_event_id is not None:
+        if self.last_event_id is not None:
             if log.replayable(self.last_event_id):
                 self.cursor = self.last_event_id
             elif await self._send_snapshot():
@@ -211,7 +211,11 @@ class Connection:
         self.cursor = snapshot.seq
         self.snapshots_sent += 1
         for frame in snapshot.frames:
-            data = frame.sse(snapshot.seq) if self.framing is Framing.SSE else frame.ndjson()
+            data = (
+                frame.sse(snapshot.seq)
+                if self.framing is Framing.SSE
+                else frame.ndjson(snapshot.seq)
+            )
             await self._write(data)
             await self._count_event()
         return snapshot.terminal

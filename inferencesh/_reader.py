@@ -1,0 +1,419 @@
+"""Resumable streams: read one resource's stream across connections, each event once.
+
+`StreamReader` is the event-loop side of every stream (task or chat). It owns the resume state:
+the last event id, the server's retry hint, whether the resource has ended, and how many
+connections failed in a row. It frames each network read (SSE, or NDJSON when the server
+answers that), decodes and structures every payload once through the resource's `Codec`, drops
+what it already handed on, and returns the rest as one batch. It decides to reconnect or stop
+on its own; it never looks at what the consumer made of a batch.
+
+Event ids are positions. When a server numbers its events with integers (SSE `id:`, or an
+`event_id` key on an NDJSON line: our emulator's extension), a relative event (one that only
+makes sense after the one before it, such as a partial update or a text delta) is taken only
+right after its predecessor: an id already passed is a replay and is dropped, an id further on
+means events were skipped, and the reader reconnects without `Last-Event-ID` to get a fresh
+snapshot. An absolute event (a full snapshot) is always taken, whatever its id: the consumer's
+view compares it with what it already gave out. A server that skips events and will not send a
+snapshot raises `EventGapError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
+
+from ._exceptions import (
+    APIStatusError,
+    EventGapError,
+    EventTooLargeError,
+    InferenceshError,
+    ProtocolError,
+    RetriesExhaustedError,
+    StreamInterruptedError,
+    TaskTimeoutError,
+    TransportError,
+)
+from ._retry import retry_delay
+from ._streaming import StreamingOptions
+from ._transport import StreamResponse, Transport
+from ._wire import Buffer, header_safe, loads
+from .sse import SSEDecoder
+
+__all__ = ["ACCEPT", "Codec", "NDJSONFramer", "Record", "StreamReader"]
+
+logger = logging.getLogger("inferencesh.stream")
+
+# SSE first (it can resume); NDJSON is what the hosted API's official clients ask for.
+ACCEPT = "text/event-stream, application/x-ndjson;q=0.9"
+# An integer id longer than this is not a position we could have counted to.
+_MAX_ID_DIGITS = 18
+
+
+class Record(Protocol):
+    """What the reader needs to know about one structured event."""
+
+    @property
+    def absolute(self) -> bool:
+        """A full snapshot of the resource, meaningful whatever came before it."""
+        ...
+
+    @property
+    def final(self) -> bool:
+        """The resource has ended with this event: nothing after it is read."""
+        ...
+
+
+R = TypeVar("R", bound=Record)
+R_co = TypeVar("R_co", bound=Record, covariant=True)
+
+
+class Codec(Protocol[R_co]):
+    """The one place a resource's payloads are structured."""
+
+    path: str
+    """The stream's URL path, relative to the base URL."""
+    label: str
+    """How messages and errors name the resource, e.g. "task task_1"."""
+
+    def structure(self, payload: Any) -> R_co | None:
+        """The event a decoded payload carries; None for one that carries nothing
+        (a heartbeat). Raises `ProtocolError` for a malformed payload."""
+        ...
+
+    def timed_out(self, seconds: float) -> InferenceshError:
+        """The error for a stream that did not end within its `total_timeout`."""
+        ...
+
+
+Start = Callable[[], Awaitable[tuple["Codec[R]", Sequence[R]]]]
+"""What opens a stream: it finds the resource (a POST, or nothing to do) and returns its
+codec with the events already in hand (the POST's answer), which come first."""
+
+
+class NDJSONFramer:
+    """Splits an NDJSON body into lines; a line cut across reads is joined once, at its end."""
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self._max = max_line_bytes
+        self._pieces: list[bytes] = []
+        self._pending = 0
+
+    def feed(self, chunk: bytes) -> tuple[list[bytes], EventTooLargeError | None]:
+        """The lines `chunk` completes (blank ones included), in order, and the error for a
+        line past the bound, found after them (the framer is then of no further use)."""
+        if chunk.find(b"\n") < 0:
+            self._pieces.append(chunk)
+            self._pending += len(chunk)
+            return [], self._too_long() if self._pending > self._max else None
+        lines = chunk.split(b"\n")
+        tail = lines.pop()
+        over = self._pending + len(chunk) > self._max
+        if self._pieces:
+            self._pieces.append(lines[0])
+            lines[0] = b"".join(self._pieces)
+            self._pieces = []
+        self._pending = len(tail)
+        if tail:
+            self._pieces.append(tail)
+        if over:
+            for index, line in enumerate(lines):
+                if len(line) > self._max:
+                    return lines[:index], self._too_long()
+            if len(tail) > self._max:
+                return lines, self._too_long()
+        return lines, None
+
+    def _too_long(self) -> EventTooLargeError:
+        return EventTooLargeError(f"an NDJSON line is longer than {self._max} bytes")
+
+
+def _position(event_id: str) -> int | None:
+    """The integer an event id counts to, or None for an id that is not a plain count."""
+    if event_id.isascii() and event_id.isdigit() and len(event_id) <= _MAX_ID_DIGITS:
+        return int(event_id)
+    return None
+
+
+class _Gap(Exception):
+    """Events were skipped: the connection must be replaced by one that starts afresh."""
+
+
+class _Cursor:
+    """Where the reader is in the resource's event log; reader-owned."""
+
+    def __init__(self) -> None:
+        self.last_id = ""  # sent as Last-Event-ID; "" when it must not be (not header-safe)
+        self.seq: int | None = None  # the position of the last event taken
+        self.top: int | None = None  # the highest position ever taken
+        self.resync = False  # the next connection must start from a snapshot
+        self.novel = False  # the current connection brought something new
+        self.last_absolute: Buffer | None = None  # the last id-less snapshot, to tell repeats
+
+    def admit(self, record: Record, event_id: str | None, data: Buffer) -> bool:
+        """Whether `record`, arriving with `event_id`, is handed on. Raises `_Gap`."""
+        seq = None if event_id is None else _position(event_id)
+        if seq is None:
+            if event_id is not None:
+                self.last_id = event_id if header_safe(event_id) else ""
+            if not record.absolute:
+                self.novel = True
+            elif data != self.last_absolute:
+                self.novel = True
+                self.last_absolute = data
+            return True
+        if not record.absolute and self.seq is not None and seq != self.seq + 1:
+            if seq <= self.seq:
+                return False  # already handed on: the server replays, repeats or rewinds
+            raise _Gap(f"the server skipped events {self.seq + 1} to {seq - 1}")
+        self.seq = seq
+        self.last_id = event_id  # type: ignore[assignment]  # digits: header-safe
+        if self.top is None or seq > self.top:
+            self.top = seq
+            self.novel = True
+        return True
+
+
+class StreamReader(Generic[R]):
+    """The loop side of a stream: batches of new events, one per network read, until the
+    resource ends. Use from one task at a time; `aclose` may be called from any task."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        options: StreamingOptions,
+        start: Start[R],
+        *,
+        on_reconnect: Callable[[int, float, BaseException], None] | None = None,
+    ) -> None:
+        self.codec: Codec[R] | None = None
+        """The resource's codec, once `start` has run (on the first `next_batch`)."""
+        self._start: Start[R] | None = start
+        self._transport = transport
+        self._options = options
+        self._on_reconnect = on_reconnect
+        self._cursor = _Cursor()
+        self._retry_hint: float | None = None
+        self._failures = 0
+        self._ended = False
+        self._closed = False
+        self._deadline: float | None = None
+        self._connection: contextlib.AsyncExitStack | None = None
+        self._response: StreamResponse | None = None
+        self._framer: SSEDecoder | NDJSONFramer | None = None
+        self._reading: asyncio.Task[Any] | None = None
+        # A failure met after the events of the last batch, raised or handled on the next call.
+        self._problem: BaseException | None = None
+
+    @property
+    def ended(self) -> bool:
+        """Whether the resource's final event has been read."""
+        return self._ended
+
+    async def next_batch(self) -> list[R] | None:
+        """The next events to hand on, in order; None once the resource has ended (or the
+        reader was closed). Raises from the error tree; the reader is then closed."""
+        if self._ended or self._closed:
+            await self._disconnect()
+            return None
+        loop = asyncio.get_running_loop()
+        if self._deadline is None and self._options.total_timeout is not None:
+            self._deadline = loop.time() + self._options.total_timeout
+        self._reading = asyncio.current_task()
+        scope = asyncio.timeout_at(self._deadline)
+        try:
+            async with scope:
+                if self._start is not None:
+                    start, self._start = self._start, None
+                    self.codec, seed = await start()
+                    if seed:
+                        self._ended = any(record.final for record in seed)
+                        return list(seed)
+                return await self._read()
+        except TimeoutError as exc:
+            await self._disconnect()
+            if not scope.expired():
+                raise
+            seconds = self._options.total_timeout
+            assert seconds is not None
+            if self.codec is None:  # still starting (the POST that creates the resource)
+                message = f"the stream did not start within {seconds} seconds"
+                raise TaskTimeoutError(message) from exc
+            raise self.codec.timed_out(seconds) from exc
+        except BaseException:
+            await self._disconnect()
+            raise
+        finally:
+            self._reading = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether `aclose` was called."""
+        return self._closed
+
+    @property
+    def _codec(self) -> Codec[R]:
+        assert self.codec is not None, "the stream has not started"
+        return self.codec
+
+    async def aclose(self) -> None:
+        """Stop: cancel a read running in another task, and close the connection."""
+        self._closed = True
+        reading = self._reading
+        if reading is not None and reading is not asyncio.current_task():
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([reading])
+        await self._disconnect()
+
+    async def _read(self) -> list[R] | None:
+        while True:
+            problem, self._problem = self._problem, None
+            if isinstance(problem, TransportError | _Gap):
+                await self._reconnect_after(problem)
+            elif problem is not None:
+                raise problem
+            response = self._response or await self._connect()
+            try:
+                chunk = await response.read()
+            except TransportError as exc:
+                self._problem = exc
+                continue
+            if not chunk:
+                self._problem = StreamInterruptedError(
+                    f"the server ended the stream before the {self._codec.label} ended"
+                )
+                continue
+            batch = self._decode(chunk)
+            if self._ended:
+                await self._disconnect()  # release the connection before the last events
+                return batch or None
+            if batch:
+                return batch  # a problem met after these events waits for the next call
+
+    def _decode(self, chunk: bytes) -> list[R]:
+        """The new events of one network read. A problem met on the way (a malformed event,
+        a gap, a framing error) is kept in `_problem`, after the events before it."""
+        framer = self._framer
+        ids: Sequence[str | None] | None = None
+        payloads: Sequence[bytes | memoryview]
+        framing_error: EventTooLargeError | None
+        if isinstance(framer, SSEDecoder):
+            payloads, ids, framing_error = framer.feed_payloads(chunk)
+            if framer.retry is not None:
+                self._retry_hint = framer.retry / 1000
+        else:
+            assert framer is not None
+            payloads, framing_error = framer.feed(chunk)
+        structure = self._codec.structure
+        admit = self._cursor.admit
+        batch: list[R] = []
+        try:
+            for index, data in enumerate(payloads):
+                if not data or (type(data) is bytes and data.isspace()):
+                    continue  # an empty event, a blank line: no payload
+                payload = loads(data)
+                if ids is not None:
+                    event_id = ids[index]
+                elif type(payload) is dict and "event_id" in payload:
+                    event_id = _ndjson_id(payload.pop("event_id"))
+                else:
+                    event_id = None
+                record = structure(payload)
+                if record is None or not admit(record, event_id, data):
+                    continue
+                batch.append(record)
+                if record.final:
+                    self._ended = True
+                    return batch
+        except (ProtocolError, _Gap) as exc:
+            self._problem = exc
+        else:
+            self._problem = framing_error
+        return batch
+
+    async def _connect(self) -> StreamResponse:
+        cursor = self._cursor
+        headers = {"Accept": ACCEPT, "Cache-Control": "no-cache"}
+        if cursor.last_id and not cursor.resync:
+            headers["Last-Event-ID"] = cursor.last_id
+        while True:
+            stack = contextlib.AsyncExitStack()
+            try:
+                response = await stack.enter_async_context(
+                    self._transport.stream(self._codec.path, headers=headers, options=self._options)
+                )
+            except (TransportError, APIStatusError) as exc:
+                await stack.aclose()
+                if isinstance(exc, APIStatusError) and not exc.retryable:
+                    raise
+                await self._wait_to_retry(exc)
+                continue
+            except BaseException:
+                await stack.aclose()
+                raise
+            self._connection, self._response = stack, response
+            limit = self._options.max_event_bytes
+            if response.content_type == "text/event-stream":
+                self._framer = SSEDecoder(max_line_bytes=limit)
+            else:
+                self._framer = NDJSONFramer(limit)
+            cursor.novel = False
+            return response
+
+    async def _reconnect_after(self, error: BaseException) -> None:
+        if isinstance(error, _Gap):
+            if self._cursor.resync:  # a fresh connection, and still no snapshot to heal from
+                raise EventGapError(f"the stream of the {self._codec.label}: {error}") from None
+            self._cursor.resync = True
+            error = StreamInterruptedError(f"{error}; reconnecting for a fresh snapshot")
+        else:
+            self._cursor.resync = False
+        await self._disconnect()
+        await self._wait_to_retry(error)
+
+    async def _wait_to_retry(self, error: BaseException) -> None:
+        if self._cursor.novel:
+            # Something new got through, so the connection was healthy: start counting afresh.
+            self._failures = 0
+            self._cursor.novel = False
+        self._failures += 1
+        retry_after = error.retry_after if isinstance(error, APIStatusError) else None
+        delay = retry_delay(
+            self._options, self._failures, retry_after=retry_after, server_hint=self._retry_hint
+        )
+        if delay is None:
+            if retry_after is not None and self._failures <= self._options.max_retries:
+                raise error  # the server asks for longer than max_retry_after: its own error
+            raise RetriesExhaustedError(
+                f"gave up on the {self._codec.label} after {self._failures - 1} reconnect "
+                f"attempts: {error}",
+                attempts=self._failures - 1,
+            ) from error
+        logger.info(
+            "stream of the %s interrupted (%s); reconnect %d/%d in %.2fs",
+            self._codec.label,
+            error,
+            self._failures,
+            self._options.max_retries,
+            delay,
+        )
+        if self._on_reconnect is not None:
+            self._on_reconnect(self._failures, delay, error)
+        await asyncio.sleep(delay)
+
+    async def _disconnect(self) -> None:
+        connection, self._connection, self._response = self._connection, None, None
+        if connection is not None:
+            await connection.aclose()
+
+
+def _ndjson_id(value: Any) -> str | None:
+    """An NDJSON line's `event_id` as an SSE id would read: a string, or None."""
+    if isinstance(value, str):
+        return value
+    if type(value) is int:
+        return str(value)
+    return None

@@ -1,0 +1,157 @@
+"""The one retry policy: when to try again, and how long to wait first.
+
+REST calls and stream reconnects both ask `retry_delay` how long to wait before an attempt, and
+both read `Retry-After` with `parse_retry_after`. Nothing else in the SDK sleeps before a retry.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+
+__all__ = ["RetryPolicy", "compute_backoff", "parse_retry_after", "retry_delay"]
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"{attribute.name} must be a number >= 0, got {value!r}")
+    if math.isinf(value):
+        raise ValueError(f"{attribute.name} must be finite, got {value!r}")
+
+
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    _non_negative(_, attribute, value)
+    if value == 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def _count(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{attribute.name} must be an integer >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How often to try again after a failure, and how long to wait before each new attempt.
+
+    Attempt `n` (1-based) waits `retry_delay * retry_backoff ** (n - 1)` seconds, capped at
+    `max_retry_delay`, plus up to `retry_jitter` seconds of random jitter. A server's
+    `Retry-After` sets a floor under that wait; one longer than `max_retry_after` is not
+    honoured by sleeping: the call raises the server's error instead, with its `retry_after`.
+    `max_retries` is how many failed attempts in a row are retried before giving up.
+    """
+
+    max_retries: int = attrs.field(default=5, validator=_count)
+    retry_delay: float = attrs.field(default=1.0, validator=_non_negative)
+    retry_backoff: float = attrs.field(default=2.0, validator=_positive)
+    max_retry_delay: float = attrs.field(default=30.0, validator=_non_negative)
+    retry_jitter: float = attrs.field(default=0.25, validator=_non_negative)
+    max_retry_after: float = attrs.field(default=60.0, validator=_non_negative)
+
+
+def compute_backoff(
+    policy: RetryPolicy,
+    attempt: int,
+    *,
+    server_hint: float | None = None,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait before retry `attempt` (1-based), ignoring `max_retry_after`.
+
+    `server_hint` (an SSE `retry:` value, in seconds) replaces `retry_delay` as the base;
+    `retry_after` (seconds) is a floor. The result is never more than `max_retry_delay` plus
+    `retry_jitter`, unless `retry_after` asks for more.
+    """
+    base = policy.retry_delay if server_hint is None else server_hint
+    exponent = max(0, attempt - 1)
+    try:
+        delay = base * policy.retry_backoff**exponent
+    except OverflowError:
+        delay = math.inf
+    delay = min(delay, policy.max_retry_delay)
+    if policy.retry_jitter and delay > 0:
+        delay += (rng or random).uniform(0, policy.retry_jitter)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+def retry_delay(
+    policy: RetryPolicy,
+    attempt: int,
+    *,
+    retry_after: float | None = None,
+    server_hint: float | None = None,
+) -> float | None:
+    """Seconds to wait before retry `attempt`, or None when it must not be made: the retries
+    are used up, or the server asked for a wait longer than `policy.max_retry_after`."""
+    if attempt > policy.max_retries:
+        return None
+    if retry_after is not None and retry_after > policy.max_retry_after:
+        return None
+    return compute_backoff(policy, attempt, server_hint=server_hint, retry_after=retry_after)
+
+
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
+_DAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_LONG_DAY = r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
+_MONTH = r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_TIME = r"(\d\d):(\d\d):(\d\d)"
+# RFC 9110 section 5.6.7: IMF-fixdate, and the two obsolete forms a recipient must accept.
+_IMF_FIXDATE = re.compile(rf"{_DAY}, (\d\d) {_MONTH} (\d{{4}}) {_TIME} GMT")
+_RFC850 = re.compile(rf"{_LONG_DAY}, (\d\d)-{_MONTH}-(\d\d) {_TIME} GMT")
+_ASCTIME = re.compile(rf"{_DAY} {_MONTH} ([ \d]\d) {_TIME} (\d{{4}})")
+# Longer than this many digits, delta-seconds is beyond any wait we could honour anyway.
+_MAX_DIGITS = 15
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds a `Retry-After` header asks to wait; None when absent or not valid.
+
+    Only the two forms of RFC 9110 are read: delta-seconds (ASCII digits only) and an
+    HTTP-date. A date in the past means 0. A value with more digits than any real wait is
+    `math.inf`, so it can be refused rather than slept on.
+    """
+    if value is None:
+        return None
+    text = value.strip(" \t")
+    if text.isascii() and text.isdigit():
+        return float(text) if len(text) <= _MAX_DIGITS else math.inf
+    when = _http_date(text)
+    if when is None:
+        return None
+    seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(0.0, seconds)
+
+
+def _http_date(text: str) -> datetime | None:
+    if match := _IMF_FIXDATE.fullmatch(text):
+        day, month, year, hour, minute, second = match.groups()
+    elif match := _RFC850.fullmatch(text):
+        day, month, short_year, hour, minute, second = match.groups()
+        # RFC 9110: a two-digit year more than 50 years ahead is in the past century.
+        this_year = datetime.now(UTC).year
+        year = str(2000 + int(short_year))
+        if int(year) > this_year + 50:
+            year = str(int(year) - 100)
+    elif match := _ASCTIME.fullmatch(text):
+        month, day, hour, minute, second, year = match.groups()
+    else:
+        return None
+    try:
+        return datetime(
+            int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second), tzinfo=UTC
+        )
+    except ValueError:  # 31 Feb, hour 25, ...
+        return None

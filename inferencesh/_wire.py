@@ -1,0 +1,113 @@
+"""Reading what a server sends: JSON within bounds, and values safe to send back.
+
+`loads` is the only JSON decoder the client uses, for REST answers and stream events alike.
+Whatever the bytes, it returns a value our code (and the caller's `repr`, `==` or `json.dumps`)
+can handle without recursing too deep, or raises `ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+from ._exceptions import ProtocolError
+
+__all__ = ["MAX_JSON_DEPTH", "header_safe", "loads", "preview"]
+
+MAX_JSON_DEPTH = 512
+"""The deepest nesting of arrays and objects accepted in anything a server sends."""
+
+# A text shorter than this cannot nest deeper than MAX_JSON_DEPTH ("[" and "]" per level).
+_DEPTH_CHECK_FROM = 2 * MAX_JSON_DEPTH
+
+Buffer = bytes | bytearray | memoryview | str
+
+
+def _stdlib_decode(data: Buffer) -> Any:
+    """The standard library's decoder, held to what orjson accepts."""
+    if isinstance(data, memoryview | bytearray):
+        data = bytes(data)
+    return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("number is infinity when parsed as double")
+    return value
+
+
+_decode: Callable[[Buffer], Any] = _stdlib_decode
+_ERRORS: tuple[type[Exception], ...] = (ValueError, RecursionError)
+try:  # orjson is an optional speed-up; both give the same values for JSON within our bounds.
+    import orjson
+
+    _decode = orjson.loads
+    _ERRORS = (orjson.JSONDecodeError,)
+except ImportError:  # pragma: no cover - exercised when the speedups extra is absent
+    pass
+
+
+def loads(data: Buffer) -> Any:
+    """Decode one JSON text. Raises `ProtocolError` for anything that is not JSON, nests
+    deeper than `MAX_JSON_DEPTH`, or holds a non-finite number. Invalid UTF-8 is decoded with
+    replacement characters, as an SSE or NDJSON reader decodes text."""
+    try:
+        value = _decode(data)
+    except _ERRORS as exc:
+        if not isinstance(data, str) and not _is_utf8(data):
+            return loads(bytes(data).decode("utf-8", "replace"))
+        raise ProtocolError(f"the server sent invalid JSON ({exc}): {preview(data)}") from None
+    if len(data) >= _DEPTH_CHECK_FROM and _too_deep(value):
+        raise ProtocolError(f"the server sent JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _is_utf8(data: bytes | bytearray | memoryview) -> bool:
+    try:
+        bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _too_deep(value: Any) -> bool:
+    # Containers only: the cost follows the number of arrays and objects, not the bytes.
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if type(item) is dict else item if type(item) is list else ()
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                if depth >= MAX_JSON_DEPTH:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def preview(data: object, limit: int = 80) -> str:
+    """A short, printable excerpt of something a server sent, for error messages."""
+    if isinstance(data, memoryview | bytearray):
+        data = bytes(data[: limit + 1])
+    text = repr(data[: limit + 1]) if isinstance(data, bytes | str) else f"<{type(data).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+_MAX_HEADER_VALUE = 1024
+
+
+def header_safe(value: str) -> bool:
+    """Whether `value` can be sent as an HTTP header value exactly as it is: printable ASCII,
+    no surrounding whitespace, at most 1 KiB."""
+    return (
+        0 < len(value) <= _MAX_HEADER_VALUE
+        and value.isascii()
+        and value.isprintable()
+        and value.strip() == value
+    )
