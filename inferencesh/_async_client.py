@@ -126,6 +126,11 @@ class AsyncInference:
         """Close the connection pool. The client cannot be used afterwards."""
         await self._transport.aclose()
 
+    @property
+    def closed(self) -> bool:
+        """Whether `aclose()` was called."""
+        return self._transport.closed
+
     # -- operations ---------------------------------------------------------------------------
 
     @overload

@@ -8,10 +8,11 @@ goes through the SDK's cattrs converter, which validates every known field and r
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import attrs
 import cattrs
@@ -37,8 +38,7 @@ _TERMINAL = frozenset(status for status in TaskStatus if status.is_terminal)
 _UNKNOWN = TaskStatus.UNKNOWN
 
 
-@attrs.define(slots=True, eq=False)
-class TaskEvent:
+class TaskEvent(NamedTuple):
     """One structured task payload, before anyone decides what in it is new.
 
     `logs` is None when the payload has no `logs` field. `output` is the payload's `output`
@@ -59,6 +59,11 @@ class TaskEvent:
     raw: Mapping[str, Any]
 
 
+# Streams build one event per payload: the tuple constructor, without NamedTuple's Python-level
+# `__new__`, costs half as much and builds the same thing.
+_new_event = tuple.__new__
+
+
 def valid_task_id(value: Any) -> bool:
     """Whether `value` can be a task id: a non-empty string we can put in a URL and a header."""
     return isinstance(value, str) and header_safe(value)
@@ -75,55 +80,69 @@ def structure_task(obj: Any, task_id: str) -> TaskEvent | None:
         if not isinstance(obj, Mapping):
             raise ProtocolError(f"task payload must be a JSON object, got {type(obj).__name__}")
         obj = dict(obj)
-    if "type" in obj and obj["type"] == "heartbeat":
+    if ("type" in obj or "event" in obj) and _carries_nothing(obj, task_id):
         return None
-    event = obj.get("event")
-    if event is not None:
-        if event == "delta":
-            return _delta(obj)
-        if "fields" not in obj:
-            logger.debug("ignoring a %s event on task %s", preview(event), task_id)
-            return None
     if "fields" in obj and "data" in obj:
         kind, payload = PARTIAL, obj["data"]
         if type(payload) is not dict:
-            raise ProtocolError(f"a partial update's data is not an object: {preview(payload)}")
+            if not isinstance(payload, Mapping):
+                raise ProtocolError(
+                    f"a partial update's data must be a JSON object, got {preview(payload)}"
+                )
+            payload = dict(payload)
+    elif obj.get("event") == "delta":
+        return _delta(obj)
     else:
         kind, payload = SNAPSHOT, obj
-    found_id = payload.get("id", task_id)
+    get = payload.get
+    found_id = get("id", task_id)
     if found_id != task_id:
         raise ProtocolError(
-            f"the stream of task {task_id} sent an event of task {preview(found_id)}"
+            f"task payload field 'id' names another task ({preview(found_id)}) than {task_id}"
         )
-    code = payload.get("status")
-    logs = payload.get("logs")
-    raw_progress = payload.get("progress")
-    session_id = payload.get("session_id")
-    progress = None if raw_progress is None else _plain_progress(raw_progress)
+    code = get("status")
+    logs = get("logs")
+    progress = get("progress")
+    session_id = get("session_id")
     if (
         (type(code) is int or code is None)
-        and (logs is None or (type(logs) is list and all(type(line) is str for line in logs)))
+        and (logs is None or (type(logs) is list and all(map(isinstance, logs, _STR))))
         and (session_id is None or type(session_id) is str)
-        and (progress is not None or raw_progress is None)
+        and (progress is None or (progress := _plain_progress(progress)) is not None)
     ):
         status = None if code is None else _BY_CODE.get(code, _UNKNOWN)
-        return TaskEvent(
-            kind,
-            kind == SNAPSHOT,
-            status in _TERMINAL,
-            status,
-            logs,
-            progress,
-            payload.get("output"),
-            payload.get("partial_output", _ABSENT),
-            payload.get("error"),
-            session_id or None,
-            payload,
+        return _new_event(
+            TaskEvent,
+            (
+                kind,
+                kind == SNAPSHOT,
+                status in _TERMINAL,
+                status,
+                logs,
+                progress,
+                get("output"),
+                get("partial_output", _ABSENT),
+                get("error"),
+                session_id or None,
+                payload,
+            ),
         )
-    return _validated(kind, payload)
+    return validated_task(kind, payload)
 
 
-_NUMBERS = (int, float)
+_STR = itertools.repeat(str)
+
+
+def _carries_nothing(obj: dict[str, Any], task_id: str) -> bool:
+    """Whether a payload with `type` or `event` is one to skip: a heartbeat, or a named event
+    other than a delta that is not a partial update either."""
+    if obj.get("type") == "heartbeat":
+        return True
+    event = obj.get("event")
+    if event is None or event == "delta" or "fields" in obj:
+        return False
+    logger.debug("ignoring a %s event on task %s", preview(event), task_id)
+    return True
 
 
 def _plain_progress(value: Any) -> Progress | None:
@@ -132,6 +151,8 @@ def _plain_progress(value: Any) -> Progress | None:
         return None
     current: Any = value.get("current")
     total: Any = value.get("total")
+    if type(current) is int and type(total) is int:
+        return new_progress(current, total)
     if (
         type(current) in _NUMBERS
         and type(total) in _NUMBERS
@@ -142,8 +163,12 @@ def _plain_progress(value: Any) -> Progress | None:
     return None
 
 
-def _validated(kind: int, payload: dict[str, Any]) -> TaskEvent:
-    """The slow path: every known field through cattrs, with errors that name the field."""
+_NUMBERS = (int, float)
+
+
+def validated_task(kind: int, payload: Mapping[str, Any]) -> TaskEvent:
+    """The slow path: every known field through cattrs, with errors that name the field.
+    `structure_task` takes it for any payload it cannot read directly."""
     status = None
     if payload.get("status") is not None:
         status = TaskStatus.parse(payload["status"])
@@ -171,7 +196,7 @@ def _validated(kind: int, payload: dict[str, Any]) -> TaskEvent:
     )
 
 
-def _delta(obj: dict[str, Any]) -> TaskEvent | None:
+def _delta(obj: Mapping[str, Any]) -> TaskEvent | None:
     data = obj.get("data")
     delta = data.get("delta") if isinstance(data, Mapping) else None
     if not delta or not isinstance(delta, Mapping):
@@ -232,4 +257,4 @@ def _field(payload: Mapping[str, Any], name: str, typ: Any) -> Any:
             raise TypeError(f"expected a list, got {type(value).__name__}")
         return converter.structure(value, typ)
     except Exception as exc:  # cattrs raises several types; all mean "wrong shape"
-        raise ProtocolError(f"task payload field {name!r} is malformed: {_explain(exc)}") from None
+        raise ProtocolError(f"task payload field {name!r} is malformed: {_explain(exc)}") from exc

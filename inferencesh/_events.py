@@ -70,9 +70,13 @@ class Progress(MappingReads):
     @property
     def fraction(self) -> float | None:
         """`current / total` clamped to [0, 1], or None when the total is not positive."""
-        if self.total <= 0:
+        if not self.total > 0:
             return None
-        return max(0.0, min(1.0, self.current / self.total))
+        if self.current <= 0:
+            return 0.0
+        if self.current >= self.total:
+            return 1.0
+        return self.current / self.total  # below 1: a float, however big the numbers
 
 
 @attrs.frozen(slots=False)

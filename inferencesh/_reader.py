@@ -204,7 +204,11 @@ class StreamReader(Generic[R]):
         self._response: StreamResponse | None = None
         self._framer: SSEDecoder | NDJSONFramer | None = None
         self._reading: asyncio.Task[Any] | None = None
-        # A failure met after the events of the last batch, raised or handled on the next call.
+        # The payloads of the last network read not yet decoded, their SSE ids, and a failure
+        # met after them (raised or handled once they are taken).
+        self._payloads: Sequence[Buffer] = ()
+        self._ids: Sequence[str | None] | None = None
+        self._next = 0
         self._problem: BaseException | None = None
 
     @property
@@ -212,9 +216,10 @@ class StreamReader(Generic[R]):
         """Whether the resource's final event has been read."""
         return self._ended
 
-    async def next_batch(self) -> list[R] | None:
-        """The next events to hand on, in order; None once the resource has ended (or the
-        reader was closed). Raises from the error tree; the reader is then closed."""
+    async def next_batch(self, limit: int = 64) -> list[R] | None:
+        """The next events to hand on (at most `limit`), in order; None once the resource has
+        ended (or the reader was closed). Raises from the error tree; the reader is then
+        closed."""
         if self._ended or self._closed:
             await self._disconnect()
             return None
@@ -231,7 +236,7 @@ class StreamReader(Generic[R]):
                     if seed:
                         self._ended = any(record.final for record in seed)
                         return list(seed)
-                return await self._read()
+                return await self._read(limit)
         except TimeoutError as exc:
             await self._disconnect()
             if not scope.expired():
@@ -268,8 +273,16 @@ class StreamReader(Generic[R]):
                 await asyncio.wait([reading])
         await self._disconnect()
 
-    async def _read(self) -> list[R] | None:
+    async def _read(self, limit: int) -> list[R] | None:
         while True:
+            if self._next < len(self._payloads):
+                batch = self._take(limit)
+                if self._ended:
+                    await self._disconnect()  # release the connection before the last events
+                    return batch or None
+                if batch:
+                    return batch  # a problem met after these events waits for the next call
+                continue
             problem, self._problem = self._problem, None
             if isinstance(problem, TransportError | _Gap):
                 await self._reconnect_after(problem)
@@ -286,37 +299,41 @@ class StreamReader(Generic[R]):
                     f"the server ended the stream before the {self._codec.label} ended"
                 )
                 continue
-            batch = self._decode(chunk)
-            if self._ended:
-                await self._disconnect()  # release the connection before the last events
-                return batch or None
-            if batch:
-                return batch  # a problem met after these events waits for the next call
+            self._frame(chunk)
 
-    def _decode(self, chunk: bytes) -> list[R]:
-        """The new events of one network read. A problem met on the way (a malformed event,
-        a gap, a framing error) is kept in `_problem`, after the events before it."""
+    def _frame(self, chunk: bytes) -> None:
+        """Split a network read into payloads, still undecoded (bytes: the garbage collector
+        never looks at them); a framing error is kept for after them."""
         framer = self._framer
-        ids: Sequence[str | None] | None = None
-        payloads: Sequence[bytes | memoryview]
-        framing_error: EventTooLargeError | None
         if isinstance(framer, SSEDecoder):
-            payloads, ids, framing_error = framer.feed_payloads(chunk)
+            self._payloads, self._ids, self._problem = framer.feed_payloads(chunk)
             if framer.retry is not None:
                 self._retry_hint = framer.retry / 1000
         else:
             assert framer is not None
-            payloads, framing_error = framer.feed(chunk)
+            (self._payloads, self._problem), self._ids = framer.feed(chunk), None
+        self._next = 0
+
+    def _take(self, limit: int) -> list[R]:
+        """Decode and structure the next payloads in hand, up to `limit` new events: few at a
+        time, so only a few events' objects are alive at once (a whole read's would be
+        promoted to the collector's old generation and make every full collection slower).
+        A problem met on the way (a malformed event, a gap) is kept in `_problem`."""
+        payloads, ids = self._payloads, self._ids
         structure = self._codec.structure
         admit = self._cursor.admit
         batch: list[R] = []
+        index = self._next
+        end = len(payloads)
         try:
-            for index, data in enumerate(payloads):
+            while index < end and len(batch) < limit:
+                data = payloads[index]
+                index += 1
                 if not data or (type(data) is bytes and data.isspace()):
                     continue  # an empty event, a blank line: no payload
                 payload = loads(data)
                 if ids is not None:
-                    event_id = ids[index]
+                    event_id = ids[index - 1]
                 elif type(payload) is dict and "event_id" in payload:
                     event_id = _ndjson_id(payload.pop("event_id"))
                 else:
@@ -327,11 +344,13 @@ class StreamReader(Generic[R]):
                 batch.append(record)
                 if record.final:
                     self._ended = True
-                    return batch
+                    break
         except (ProtocolError, _Gap) as exc:
             self._problem = exc
-        else:
-            self._problem = framing_error
+            index = end  # nothing after a payload that broke the stream
+        self._next = index
+        if self._ended:
+            self._payloads, self._ids, self._next = (), None, 0
         return batch
 
     async def _connect(self) -> StreamResponse:

@@ -40,7 +40,8 @@ class RetryPolicy:
     """How often to try again after a failure, and how long to wait before each new attempt.
 
     Attempt `n` (1-based) waits `retry_delay * retry_backoff ** (n - 1)` seconds, capped at
-    `max_retry_delay`, plus up to `retry_jitter` seconds of random jitter. A server's
+    `max_retry_delay`, plus a random part of up to `retry_jitter` times that (0.25: up to a
+    quarter more), so clients cut off together do not come back together. A server's
     `Retry-After` sets a floor under that wait; one longer than `max_retry_after` is not
     honoured by sleeping: the call raises the server's error instead, with its `retry_after`.
     `max_retries` is how many failed attempts in a row are retried before giving up.
@@ -65,8 +66,8 @@ def compute_backoff(
     """Seconds to wait before retry `attempt` (1-based), ignoring `max_retry_after`.
 
     `server_hint` (an SSE `retry:` value, in seconds) replaces `retry_delay` as the base;
-    `retry_after` (seconds) is a floor. The result is never more than `max_retry_delay` plus
-    `retry_jitter`, unless `retry_after` asks for more.
+    `retry_after` (seconds) is a floor. The result is never more than
+    `max_retry_delay * (1 + retry_jitter)`, unless `retry_after` asks for more.
     """
     base = policy.retry_delay if server_hint is None else server_hint
     exponent = max(0, attempt - 1)
@@ -76,7 +77,7 @@ def compute_backoff(
         delay = math.inf
     delay = min(delay, policy.max_retry_delay)
     if policy.retry_jitter and delay > 0:
-        delay += (rng or random).uniform(0, policy.retry_jitter)
+        delay += delay * (rng or random).uniform(0, policy.retry_jitter)
     if retry_after is not None:
         delay = max(delay, retry_after)
     return delay

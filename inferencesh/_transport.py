@@ -212,6 +212,9 @@ class Transport:
                 timeout=aiohttp.ClientTimeout(total=None),
                 auto_decompress=True,
             )
+            # aiohttp sends an idempotent request a second time, on its own, when the
+            # connection drops; retries are our policy's to decide (and to count).
+            self._session._retry_connection = False
             self._loop = loop
             self._keeper = self._close_at_loop_shutdown(self._session)
             await self._keeper.__anext__()

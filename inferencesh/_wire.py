@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from collections.abc import Callable
 from typing import Any
 
@@ -92,10 +93,11 @@ def _too_deep(value: Any) -> bool:
 
 
 def preview(data: object, limit: int = 80) -> str:
-    """A short, printable excerpt of something a server sent, for error messages."""
+    """A short, printable excerpt of something a server sent, for error messages (bounded in
+    size and nesting, whatever the value)."""
     if isinstance(data, memoryview | bytearray):
         data = bytes(data[: limit + 1])
-    text = repr(data[: limit + 1]) if isinstance(data, bytes | str) else f"<{type(data).__name__}>"
+    text = repr(data[: limit + 1]) if isinstance(data, bytes | str) else reprlib.repr(data)
     return text if len(text) <= limit else text[:limit] + "..."
 
 

@@ -31,7 +31,7 @@ def execute_tool(name: str, args: Any) -> dict[str, Any]:
     return {"tool": name, "echo": args}
 
 
-@pytest.mark.parametrize("drop_after", [None, 2])
+@pytest.mark.parametrize("drop_after", [None, 1, 2, 3])
 def test_seed_agent_streaming_sync(
     drop_after: int | None,
     emu: Emulator,
@@ -61,7 +61,7 @@ def test_seed_agent_streaming_sync(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("drop_after", [None, 2])
+@pytest.mark.parametrize("drop_after", [None, 1, 2, 3])
 async def test_agent_streaming_async_twin(drop_after: int | None) -> None:
     """The same flow on the async client, with async callbacks."""
     emu = fast_emulator(drop_after=drop_after)

@@ -54,7 +54,7 @@ def all_logs(updates: list[TaskUpdate]) -> list[str]:
 # -- seed examples, verbatim --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("drop_after", [None, 2])
+@pytest.mark.parametrize("drop_after", [None, 1, 2, 3])
 def test_seed_async_streaming(
     emu: Emulator,
     server: str,
@@ -76,7 +76,7 @@ def test_seed_async_streaming(
     assert sorted(ranks) == ranks
 
 
-@pytest.mark.parametrize("drop_after", [None, 2])
+@pytest.mark.parametrize("drop_after", [None, 1, 2, 3])
 def test_seed_multiple_streams_in_parallel(
     emu: Emulator,
     server: str,

@@ -49,6 +49,7 @@ EXPECTED = [
     ),
     ("async with async_inference()", r"(?m)^10 completed$(?s:.*)'Ocean waves'\}\} 5$"),
     ("patient = attrs.evolve", r"(?m)\Areceived$(?s:.*)^completed\n\Z"),
+    ("total_timeout=300", r"(?m)\Areceived$(?s:.*)^completed\n\Z"),
     ("except TaskFailedError", r"\Atask task_\w+ failed: out of memory\n\Z"),
     ('reply = agent.send_message(\n    "Explain', r"chat_\w+ ready \d+\n\Z"),
     ("last = track(", r"(?s)\Atask: task_\w+\nstatus: received.*progress: 5/5.*for A sunset"),

@@ -55,7 +55,7 @@ def client(server: str) -> Iterator[Inference]:
     assert [] == sdk_threads()
 
 
-@pytest.mark.parametrize("drop_after", [None, 2])
+@pytest.mark.parametrize("drop_after", [None, 1, 2, 3])
 @pytest.mark.parametrize("name", SYNC_EXAMPLES)
 def test_seed_sync_example(
     name: str,
