@@ -56,7 +56,7 @@ class TaskStream(ItemStream[TaskUpdate]):
     @property
     def task_id(self) -> str | None:
         """The id of the task, once known (after `POST /apps/run` answered)."""
-        codec = self.consumer().reader.codec
+        codec = self.reader.codec
         return codec.task_id if isinstance(codec, TaskCodec) else None
 
 

@@ -39,7 +39,7 @@ from ._exceptions import (
 from ._retry import retry_delay
 from ._streaming import StreamingOptions
 from ._transport import StreamResponse, Transport
-from ._wire import Buffer, header_safe, loads
+from ._wire import Buffer, Line, header_safe, is_blank, loads, split_lines
 from .sse import SSEDecoder
 
 __all__ = ["ACCEPT", "Codec", "NDJSONFramer", "Record", "StreamReader"]
@@ -101,18 +101,17 @@ class NDJSONFramer:
         self._pieces: list[bytes] = []
         self._pending = 0
 
-    def feed(self, chunk: bytes) -> tuple[list[bytes], EventTooLargeError | None]:
+    def feed(self, chunk: bytes) -> tuple[list[Line], EventTooLargeError | None]:
         """The lines `chunk` completes (blank ones included), in order, and the error for a
         line past the bound, found after them (the framer is then of no further use)."""
-        if chunk.find(b"\n") < 0:
-            self._pieces.append(chunk)
-            self._pending += len(chunk)
+        lines, tail = split_lines(chunk)
+        if not lines:
+            self._pieces.append(tail)
+            self._pending += len(tail)
             return [], self._too_long() if self._pending > self._max else None
-        lines = chunk.split(b"\n")
-        tail = lines.pop()
         over = self._pending + len(chunk) > self._max
         if self._pieces:
-            self._pieces.append(lines[0])
+            self._pieces.append(lines[0])  # type: ignore[arg-type]  # bytes or a view
             lines[0] = b"".join(self._pieces)
             self._pieces = []
         self._pending = len(tail)
@@ -274,15 +273,23 @@ class StreamReader(Generic[R]):
         await self._disconnect()
 
     async def _read(self, limit: int) -> list[R] | None:
+        batch: list[R] = []
         while True:
             if self._next < len(self._payloads):
-                batch = self._take(limit)
+                batch += self._take(limit - len(batch))
                 if self._ended:
                     await self._disconnect()  # release the connection before the last events
                     return batch or None
-                if batch:
+                if len(batch) >= limit or (batch and self._problem is not None):
                     return batch  # a problem met after these events waits for the next call
                 continue
+            if batch:
+                # More events only if they have already arrived: never wait while holding some.
+                chunk = self._response.read_nowait() if self._response is not None else b""
+                if chunk:
+                    self._frame(chunk)
+                    continue
+                return batch
             problem, self._problem = self._problem, None
             if isinstance(problem, TransportError | _Gap):
                 await self._reconnect_after(problem)
@@ -329,7 +336,7 @@ class StreamReader(Generic[R]):
             while index < end and len(batch) < limit:
                 data = payloads[index]
                 index += 1
-                if not data or (type(data) is bytes and data.isspace()):
+                if is_blank(data):
                     continue  # an empty event, a blank line: no payload
                 payload = loads(data)
                 if ids is not None:

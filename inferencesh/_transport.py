@@ -152,6 +152,11 @@ class StreamResponse:
                     f"the stream sent nothing for {self._idle_timeout} seconds (idle_timeout)"
                 ) from exc
 
+    def read_nowait(self) -> bytes:
+        """Up to `chunk_size` bytes that have already arrived, without waiting; b"" if none."""
+        with map_errors():
+            return self._response.content.read_nowait(self._chunk_size)
+
     def close(self) -> None:
         """Drop the connection now (it is not returned to the pool mid-body)."""
         self._response.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 from ._exceptions import ProtocolError
 
-__all__ = ["MAX_JSON_DEPTH", "header_safe", "loads", "preview"]
+__all__ = ["MAX_JSON_DEPTH", "header_safe", "is_blank", "loads", "preview", "split_lines"]
 
 MAX_JSON_DEPTH = 512
 """The deepest nesting of arrays and objects accepted in anything a server sends."""
@@ -113,3 +113,48 @@ def header_safe(value: str) -> bool:
         and value.isprintable()
         and value.strip() == value
     )
+
+
+# Up to this many lines in a chunk, the lines are long ones: cut them as views of the chunk.
+_FEW_LINES = 32
+
+
+Line = bytes | memoryview
+
+
+def split_lines(chunk: bytes) -> tuple[list[Line], bytes]:
+    """The complete lines of `chunk` (without their LF) and the unterminated rest.
+
+    Many short lines are copied out by one C-level split. A chunk of a few long lines (large
+    events: an image preview) is cut into views of the chunk instead, found with `find`
+    (memchr speed): copying those out would allocate and fill a fresh block per line.
+    """
+    ends: list[int] = []
+    find = chunk.find
+    at = find(b"\n")
+    while at >= 0:
+        ends.append(at)
+        if len(ends) > _FEW_LINES:
+            lines: list[Line] = list(chunk.split(b"\n"))
+            tail = lines.pop()
+            assert isinstance(tail, bytes)
+            return lines, tail
+        at = find(b"\n", at + 1)
+    if not ends:
+        return [], chunk
+    view = memoryview(chunk)
+    start = 0
+    lines = []
+    for end in ends:
+        lines.append(view[start:end] if end - start > 1024 else chunk[start:end])
+        start = end + 1
+    return lines, chunk[start:]
+
+
+def is_blank(data: Buffer) -> bool:
+    """Whether a line or an event's data holds nothing but whitespace (no payload)."""
+    if not data:
+        return True
+    if isinstance(data, memoryview):
+        return bytes(data[:1]).isspace() and bytes(data).isspace()
+    return data.isspace()

@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 from itertools import repeat
 from operator import itemgetter
-from typing import Final, NoReturn
+from typing import Final, NoReturn, cast
 
 import attrs
 
 from ._exceptions import SSELineTooLongError
 from ._streaming import DEFAULT_MAX_EVENT_BYTES
+from ._wire import _FEW_LINES, split_lines
 
 __all__ = ["SSEDecoder", "ServerSentEvent", "encode_sse"]
 
@@ -43,10 +44,6 @@ class ServerSentEvent:
 
 
 _BOM: Final = b"\xef\xbb\xbf"
-# Below this many complete lines in a chunk, looking for a run of events does not pay.
-_MIN_RUN_LINES: Final = 8
-# A data value longer than this is handed on as a view of its line rather than copied.
-_VIEW_FROM: Final = 64 * 1024
 _after_data_colon_space = itemgetter(slice(6, None))
 _after_id_colon_space = itemgetter(slice(4, None))
 
@@ -187,18 +184,17 @@ class SSEDecoder:
             self._pending_cr = chunk[-1] == 0x0D
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         limit = self._max_line_bytes
-        if chunk.find(b"\n") < 0:
+        lines, tail = split_lines(chunk)
+        if not lines:
             # No line end in this chunk: keep it as it is; nothing is complete.
             self._pieces.append(chunk)
             self._pending_len += len(chunk)
             if self._pending_len > limit:
                 self._fail(_Dispatched())
             return _Dispatched()
-        lines = chunk.split(b"\n")
-        tail = lines.pop()
         over = self._pending_len + len(chunk) > limit
         if self._pieces:
-            self._pieces.append(lines[0])
+            self._pieces.append(lines[0])  # type: ignore[arg-type]  # bytes or a view
             lines[0] = b"".join(self._pieces)
             self._pieces = []
             self._pending_len = 0
@@ -229,16 +225,18 @@ class SSEDecoder:
         self._data = []
         raise _TooLong(dispatched)
 
-    def _interpret(self, lines: list[bytes]) -> _Dispatched:
+    def _interpret(self, lines: list[Data]) -> _Dispatched:
         # WHATWG 9.2.6 over complete lines, terminators removed. A busy stream is mostly a run
-        # of same-shaped events, which `_run` takes whole; the rest goes line by line.
+        # of same-shaped events, which `_run` takes whole; the rest goes line by line. (Long
+        # lines come as views of the chunk, and never many to a chunk: they go line by line.)
         out = _Dispatched()
         start = 0
-        if len(lines) >= _MIN_RUN_LINES and b"" in lines:
+        if len(lines) > _FEW_LINES and b"" in lines:
             # Finish the event in progress, then look for a run from the next event's start.
+            # (Past _FEW_LINES, `split_lines` gave bytes only: no views among them.)
             start = lines.index(b"") + 1
             self._lines(lines[:start], out)
-            start = self._run(lines, start, out)
+            start = self._run(cast(list[bytes], lines), start, out)
         self._lines(lines[start:] if start else lines, out)
         return out
 
@@ -287,9 +285,19 @@ class SSEDecoder:
         self._fresh_id = None
         return end
 
-    def _lines(self, lines: list[bytes], out: _Dispatched) -> None:
+    def _lines(self, lines: list[Data], out: _Dispatched) -> None:
         data = self._data
         for line in lines:
+            if isinstance(line, memoryview):  # a long line (see `split_lines`)
+                head = line[:6].tobytes()
+                if head.startswith(b"data:"):
+                    data.append(line[6:] if head == b"data: " else line[5:])
+                    self._data_len += len(data[-1]) + 1  # its LF when lines are joined
+                    if self._data_len - 1 > self._max_line_bytes:
+                        self._data = data
+                        self._fail(out)
+                    continue
+                line = bytes(line)  # any other field: rare, and short once parsed
             if not line:
                 # A blank line dispatches. No data lines, no event; the type resets anyway.
                 if data:
@@ -309,10 +317,7 @@ class SSEDecoder:
             if value[:1] == b" ":
                 skip += 1
             if name == b"data":
-                if len(line) - skip > _VIEW_FROM:
-                    data.append(memoryview(line)[skip:])
-                else:
-                    data.append(line[skip:])
+                data.append(line[skip:])
                 self._data_len += len(line) - skip + 1  # its LF when lines are joined
                 if self._data_len - 1 > self._max_line_bytes:
                     self._data = data
