@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shlex
-import shutil
-import sysconfig
 import threading
 from pathlib import Path
 
@@ -60,12 +56,3 @@ def fast_emulator(**overrides: object) -> Emulator:
 def sdk_threads() -> list[threading.Thread]:
     """Threads the SDK started that are still alive."""
     return [t for t in threading.enumerate() if t.name.startswith("inferencesh-loop")]
-
-
-def can_compile_c() -> bool:
-    """Whether an install here can build the C accelerator: the compiler setuptools would run
-    is on PATH and the Python headers are installed. Where both are, it must be built."""
-    command = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    words = shlex.split(command)
-    headers = Path(sysconfig.get_paths()["include"], "Python.h")
-    return bool(words) and shutil.which(words[0]) is not None and headers.is_file()

@@ -10,8 +10,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from inferencesh import Progress, ProtocolError, TaskStatus, TaskUpdate
-from inferencesh._converters import WireTask, structure_task
+from inferencesh._converters import PARTIAL, TaskEvent, structure_task
 from inferencesh._events import new_progress, new_update
+from inferencesh._task_stream import update_of
+
+
+def _event(payload: Any, task_id: str = "t") -> TaskEvent:
+    event = structure_task(payload, task_id)
+    assert event is not None
+    return event
+
+
+def _read(payload: Any, task_id: str = "t") -> TaskUpdate:
+    """A payload read on its own, as a REST answer is."""
+    return update_of(structure_task(payload, task_id), task_id)
+
 
 FIELD_NAMES = [
     "id",
@@ -215,8 +228,7 @@ def test_defaults() -> None:
 @pytest.mark.parametrize(("status", "expected"), [(TaskStatus.RUNNING, False), ("failed", True)])
 def test_update_is_terminal(status: Any, expected: bool) -> None:
     """`TaskUpdate.is_terminal` follows its status."""
-    wire = structure_task({"id": "t", "status": status})
-    assert expected is wire.update.is_terminal
+    assert expected is _read({"id": "t", "status": status}).is_terminal
 
 
 # --- structure_task ------------------------------------------------------------------------
@@ -232,7 +244,7 @@ def test_snapshot_of_running_task() -> None:
         "output": {"text": "he"},
         "session_id": "s_9",
     }
-    wire = structure_task(payload)
+    event = _event(payload, "t_1")
     expected = TaskUpdate(
         id="t_1",
         status=TaskStatus.RUNNING,
@@ -242,91 +254,92 @@ def test_snapshot_of_running_task() -> None:
         output=None,
         session_id="s_9",
     )
-    assert (expected, False, True) == (wire.update, wire.partial, wire.has_logs)
+    assert (expected, True, ["one", "two"]) == (
+        update_of(event, "t_1"),
+        event.absolute,
+        event.logs,
+    )
 
 
 def test_snapshot_keeps_payload_as_raw() -> None:
     """The update's raw is the payload as received."""
     payload = {"id": "t_1", "status": "running"}
-    assert payload == structure_task(payload).update.raw
+    assert payload == _read(payload, "t_1").raw
 
 
 @pytest.mark.parametrize("status", [10, 11, 12, 13, "completed"])
 def test_terminal_output_goes_to_output(status: Any) -> None:
     """For a terminal task, `output` is the final output and partial_output is None."""
-    update = structure_task({"id": "t", "status": status, "output": {"r": 1}}).update
+    update = _read({"id": "t", "status": status, "output": {"r": 1}})
     assert ({"r": 1}, None) == (update.output, update.partial_output)
 
 
 @pytest.mark.parametrize("status", [0, 1, 7, 9, "running", "bogus", None])
 def test_non_terminal_output_goes_to_partial_output(status: Any) -> None:
     """For a non-terminal (or unknown) status, `output` becomes partial_output."""
-    update = structure_task({"id": "t", "status": status, "output": [1, 2]}).update
+    update = _read({"id": "t", "status": status, "output": [1, 2]})
     assert ([1, 2], None) == (update.partial_output, update.output)
 
 
 def test_explicit_partial_output_wins_for_running_task() -> None:
     """A running payload's own `partial_output` field is preferred over its `output`."""
-    update = structure_task(
-        {"id": "t", "status": 7, "output": "final?", "partial_output": "so far"}
-    ).update
+    update = _read({"id": "t", "status": 7, "output": "final?", "partial_output": "so far"})
     assert "so far" == update.partial_output
 
 
 def test_status_string_and_code_parse_the_same() -> None:
     """A string status and its wire code produce the same TaskStatus."""
-    by_code = structure_task({"id": "t", "status": 4}).update.status
-    by_name = structure_task({"id": "t", "status": "PREPARING"}).update.status
+    by_code = _read({"id": "t", "status": 4}).status
+    by_name = _read({"id": "t", "status": "PREPARING"}).status
     assert (TaskStatus.PREPARING, TaskStatus.PREPARING) == (by_code, by_name)
 
 
 def test_unknown_status_is_unknown_not_error() -> None:
     """An unrecognised status value is UNKNOWN and does not raise."""
-    assert TaskStatus.UNKNOWN is structure_task({"id": "t", "status": {"x": 1}}).update.status
+    assert TaskStatus.UNKNOWN is _read({"id": "t", "status": {"x": 1}}).status
 
 
 def test_error_passes_through() -> None:
     """The `error` field is kept as sent."""
-    assert {"msg": "boom"} == structure_task(
-        {"id": "t", "status": 11, "error": {"msg": "boom"}}
-    ).update.error
+    assert {"msg": "boom"} == _read({"id": "t", "status": 11, "error": {"msg": "boom"}}).error
 
 
 def test_partial_update_is_unwrapped() -> None:
     """`{"data": ..., "fields": [...]}` is unwrapped and marked partial."""
-    wire = structure_task(
-        {"data": {"id": "t_2", "status": 7, "logs": ["new"]}, "fields": ["status", "logs"]}
-    )
-    assert ("t_2", TaskStatus.RUNNING, ("new",), True, True) == (
-        wire.update.id,
-        wire.update.status,
-        wire.update.logs,
-        wire.partial,
-        wire.has_logs,
+    payload = {"data": {"id": "t_2", "status": 7, "logs": ["new"]}, "fields": ["status", "logs"]}
+    event = _event(payload, "t_2")
+    update = update_of(event, "t_2")
+    assert ("t_2", TaskStatus.RUNNING, ("new",), PARTIAL, False) == (
+        update.id,
+        update.status,
+        update.logs,
+        event.kind,
+        event.absolute,
     )
 
 
 def test_partial_update_raw_is_the_inner_data() -> None:
     """A partial update's raw is the inner `data` object, not the wrapper."""
     inner = {"id": "t_2", "status": 2, "extra": 1}
-    assert inner == structure_task({"data": inner, "fields": ["status"]}).update.raw
+    assert inner == _read({"data": inner, "fields": ["status"]}, "t_2").raw
 
 
 def test_partial_update_without_id_uses_task_id() -> None:
     """A partial update lacking `id` takes the `task_id` the caller supplies."""
-    wire = structure_task({"data": {"status": 7}, "fields": ["status"]}, task_id="t_3")
-    assert ("t_3", True) == (wire.update.id, wire.partial)
+    event = _event({"data": {"status": 7}, "fields": ["status"]}, "t_3")
+    assert ("t_3", PARTIAL) == (update_of(event, "t_3").id, event.kind)
 
 
-def test_payload_id_wins_over_task_id() -> None:
-    """An id in the payload is used even when `task_id` is supplied."""
-    assert "t_own" == structure_task({"id": "t_own"}, task_id="t_other").update.id
+def test_payload_naming_another_task_is_a_protocol_error() -> None:
+    """An event of another task in this task's stream breaks the protocol: never trusted."""
+    with pytest.raises(ProtocolError, match="another task"):
+        structure_task({"id": "t_own"}, "t_other")
 
 
 def test_data_without_fields_is_not_unwrapped() -> None:
     """A `data` key alone does not mark a partial update; it stays a raw extra."""
-    wire = structure_task({"id": "t", "data": {"id": "inner"}})
-    assert ("t", False, {"id": "inner"}) == (wire.update.id, wire.partial, wire.update["data"])
+    event = _event({"id": "t", "data": {"id": "inner"}})
+    assert (True, {"id": "inner"}) == (event.absolute, update_of(event, "t")["data"])
 
 
 def test_hosted_api_log_records_become_strings() -> None:
@@ -339,24 +352,24 @@ def test_hosted_api_log_records_become_strings() -> None:
             {"content": ""},
         ],
     }
-    assert ("first", "second", "") == structure_task(payload).update.logs
+    assert ("first", "second", "") == _read(payload).logs
 
 
 def test_no_logs_key() -> None:
-    """Without a `logs` key the update has no lines and `has_logs` is False."""
-    wire = structure_task({"id": "t"})
-    assert ((), False) == (wire.update.logs, wire.has_logs)
+    """Without a `logs` key the update has no lines and the event says the log is unknown."""
+    event = _event({"id": "t"})
+    assert ((), None) == (update_of(event, "t").logs, event.logs)
 
 
 def test_null_logs() -> None:
-    """`logs: null` gives no lines but counts as present."""
-    wire = structure_task({"id": "t", "logs": None})
-    assert ((), True) == (wire.update.logs, wire.has_logs)
+    """`logs: null` gives no lines and, like a missing key, says nothing of the log."""
+    event = _event({"id": "t", "logs": None})
+    assert ((), None) == (update_of(event, "t").logs, event.logs)
 
 
 def test_null_progress_and_session_id() -> None:
     """Null progress and session_id become None."""
-    update = structure_task({"id": "t", "progress": None, "session_id": None}).update
+    update = _read({"id": "t", "progress": None, "session_id": None})
     assert (None, None) == (update.progress, update.session_id)
 
 
@@ -364,7 +377,7 @@ def test_float_progress() -> None:
     """Float progress values are accepted."""
     assert (
         Progress(0.5, 1.5)
-        == structure_task({"id": "t", "progress": {"current": 0.5, "total": 1.5}}).update.progress
+        == _read({"id": "t", "progress": {"current": 0.5, "total": 1.5}}).progress
     )
 
 
@@ -378,7 +391,7 @@ def test_unknown_fields_kept_in_raw() -> None:
         "usage_events": None,
         "progress_extra": {"nested": [1, 2]},
     }
-    update = structure_task(payload).update
+    update = _read(payload)
     assert ("abc", [{"status": 2}], None, {"nested": [1, 2]}) == (
         update["short_id"],
         update["events"],
@@ -389,20 +402,17 @@ def test_unknown_fields_kept_in_raw() -> None:
 
 def test_progress_extra_keys_are_ignored() -> None:
     """Unknown keys inside `progress` do not break parsing."""
-    progress = structure_task(
-        {"id": "t", "progress": {"current": 1, "total": 2, "unit": "steps"}}
-    ).update.progress
+    progress = _read({"id": "t", "progress": {"current": 1, "total": 2, "unit": "steps"}}).progress
     assert Progress(1, 2) == progress
 
 
 @pytest.mark.parametrize(
     ("payload", "field"),
     [
-        ({"id": 123}, "id"),
-        ({"id": ""}, "id"),
-        ({"id": None}, "id"),
-        ({"id": ["t"]}, "id"),
-        ({"status": 7}, "id"),
+        ({"id": 123}, "another task"),
+        ({"id": ""}, "another task"),
+        ({"id": None}, "another task"),
+        ({"id": ["t"]}, "another task"),
         ({"id": "t", "logs": "one line"}, "logs"),
         ({"id": "t", "logs": {"a": "b"}}, "logs"),
         ({"id": "t", "logs": [1]}, "logs"),
@@ -427,21 +437,21 @@ def test_malformed_field_raises_protocol_error_naming_it(
     payload: dict[str, Any], field: str
 ) -> None:
     """A known field with the wrong shape raises ProtocolError whose message names the field."""
-    with pytest.raises(ProtocolError, match=f"'{field}'"):
-        structure_task(payload)
+    with pytest.raises(ProtocolError, match=field if " " in field else f"'{field}'"):
+        structure_task(payload, "t")
 
 
 @pytest.mark.parametrize("value", [0, False, [], {}], ids=repr)
 def test_falsy_non_string_session_id_raises(value: object) -> None:
     """A falsy session_id of the wrong type is malformed, like a truthy one."""
     with pytest.raises(ProtocolError, match="'session_id'"):
-        structure_task({"id": "t", "session_id": value})
+        structure_task({"id": "t", "session_id": value}, "t")
 
 
 def test_malformed_field_error_chains_cause() -> None:
     """The ProtocolError for a malformed field chains the underlying error."""
     with pytest.raises(ProtocolError) as info:
-        structure_task({"id": "t", "progress": "half"})
+        structure_task({"id": "t", "progress": "half"}, "t")
     assert info.value.__cause__ is not None
 
 
@@ -463,13 +473,30 @@ def test_malformed_field_error_chains_cause() -> None:
 def test_non_object_payload_raises_protocol_error(payload: Any) -> None:
     """A payload (or partial `data`) that is not a JSON object raises ProtocolError."""
     with pytest.raises(ProtocolError, match="JSON object"):
-        structure_task(payload)
+        structure_task(payload, "t")
 
 
-def test_structure_task_returns_wire_task() -> None:
-    """The converter returns a WireTask wrapping a TaskUpdate."""
-    wire = structure_task({"id": "t"})
-    assert (WireTask, TaskUpdate) == (type(wire), type(wire.update))
+def test_structure_task_returns_a_task_event() -> None:
+    """The converter returns a TaskEvent; a heartbeat or an empty delta carries nothing."""
+    assert type(structure_task({"id": "t"}, "t")) is TaskEvent
+    assert structure_task({"type": "heartbeat"}, "t") is None
+    assert structure_task({"event": "delta", "data": {"delta": {}}}, "t") is None
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_progress_is_a_protocol_error(bad: float) -> None:
+    """A progress number that is not finite is malformed, never a NaN fraction downstream."""
+    with pytest.raises(ProtocolError, match="'progress'"):
+        structure_task({"id": "t", "progress": {"current": bad, "total": 2}}, "t")
+
+
+def test_huge_progress_numbers_give_a_sane_fraction() -> None:
+    """A 400-digit count (the stdlib decoder keeps big ints) never overflows the fraction."""
+    huge = 10**400
+    assert 0.5 == Progress(huge // 2, huge).fraction
+    assert 1.0 == Progress(huge, 3).fraction
+    assert 0.0 == Progress(-huge, huge).fraction
+    assert None is Progress(1, -huge).fraction
 
 
 # --- properties --------------------------------------------------------------------------------
@@ -487,7 +514,7 @@ json_values = st.recursive(
 extra_keys = st.text(max_size=12).filter(lambda k: k not in KNOWN_KEYS)
 extras = st.dictionaries(extra_keys, json_values, max_size=5)
 
-numbers = st.one_of(st.integers(), st.floats())
+numbers = st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False))
 log_line = st.one_of(
     st.text(max_size=20),
     st.fixed_dictionaries({"content": st.text(max_size=20)}, optional={"log_type": st.integers()}),
@@ -535,7 +562,7 @@ any_payloads = st.tuples(any_fields, extras).map(lambda parts: {**parts[1], **pa
 @given(valid_payloads)
 def test_well_formed_payload_never_raises(payload: dict[str, Any]) -> None:
     """A payload of well-formed known fields plus arbitrary extras always parses, keeping extras."""
-    update = structure_task(payload).update
+    update = _read(payload, payload["id"])
     extras_seen = {k: update[k] for k in payload if k not in KNOWN_KEYS}
     assert (payload["id"], {k: v for k, v in payload.items() if k not in KNOWN_KEYS}) == (
         update.id,
@@ -547,15 +574,15 @@ def test_well_formed_payload_never_raises(payload: dict[str, Any]) -> None:
 def test_arbitrary_payload_raises_only_protocol_error(value: Any) -> None:
     """Any JSON value, or arbitrary JSON in the known fields, parses or raises ProtocolError."""
     try:
-        wire = structure_task(value)
+        update = update_of(structure_task(value, "t"), "t")
     except ProtocolError:
         return
-    assert isinstance(wire.update, TaskUpdate)
+    assert isinstance(update, TaskUpdate)
 
 
 def test_odd_digit_status_string_does_not_escape_converter() -> None:
     """A status like '²' is UNKNOWN and does not raise out of structure_task."""
-    assert TaskStatus.UNKNOWN is structure_task({"id": "t", "status": "²"}).update.status
+    assert TaskStatus.UNKNOWN is _read({"id": "t", "status": "²"}).status
 
 
 _ANY = st.one_of(

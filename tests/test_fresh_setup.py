@@ -21,7 +21,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from support import can_compile_c
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET = 300.0
@@ -75,13 +74,10 @@ def test_fresh_venv_installs_and_runs_the_main_job(tmp_path: Path) -> None:
         pytest.fail(f"pip install failed:\n{install.stdout[-2000:]}\n{install.stderr[-3000:]}")
 
     where = run(
-        python, "-c", "import inferencesh, inferencesh._task_stream as t;"
-        "print(inferencesh.__file__, t.SPEEDUPS)", cwd=tmp_path, env=env,
-    )  # fmt: skip
+        python, "-c", "import inferencesh; print(inferencesh.__file__)", cwd=tmp_path, env=env
+    )
     assert 0 == where.returncode, where.stderr
-    path, compiled = where.stdout.split()
-    assert Path(path).is_relative_to(venv), where.stdout  # not the checkout
-    assert str(can_compile_c()) == compiled  # built wherever a C compiler is available
+    assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout  # not the checkout
 
     job = run(
         python, "-m", "inferencesh", "run", "infsh/flux-schnell",
@@ -129,29 +125,53 @@ def test_fresh_venv_installs_and_runs_the_main_job(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(BUDGET)
-def test_without_a_c_compiler_the_install_goes_on_without_the_accelerator(tmp_path: Path) -> None:
-    """The accelerator is optional: a failed compile leaves a working, pure-Python wheel."""
-    source = tmp_path / "src"
-    shutil.copytree(
-        ROOT / "inferencesh",
-        source / "inferencesh",
-        ignore=shutil.ignore_patterns("*.so", "__pycache__"),
-    )
-    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE"):
-        shutil.copy(ROOT / name, source / name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["CC"] = "false"  # the compiler command fails at once
+def test_the_wheel_is_pure_python(tmp_path: Path) -> None:
+    """The package builds one `py3-none-any` wheel: no compiled code, `py.typed` included."""
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check",
-         "-w", str(tmp_path / "out"), str(source)],
-        env=env, capture_output=True, text=True, timeout=BUDGET - 30, check=False,
+         "-w", str(tmp_path / "out"), str(ROOT)],
+        capture_output=True, text=True, timeout=BUDGET - 30, check=False,
     )  # fmt: skip
     if built.returncode != 0 and any(marker in built.stderr for marker in NETWORK_ERRORS):
         pytest.skip(f"the package index is unreachable: {built.stderr.strip()[-500:]}")
     assert 0 == built.returncode, built.stderr[-3000:]
     [wheel] = (tmp_path / "out").glob("inferencesh-*.whl")
+    assert wheel.name.endswith("-py3-none-any.whl"), wheel.name
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-    assert "inferencesh/_task_stream.py" in names
-    assert "inferencesh/py.typed" in names
+    assert {"inferencesh/_reader.py", "inferencesh/py.typed"} <= set(names)
     assert not [name for name in names if name.endswith((".so", ".pyd", ".c"))], names
+
+
+USER_SCRIPT = """\
+from inferencesh import TaskUpdate, inference
+
+client = inference(api_key="k")
+update: TaskUpdate = client.get_task("t")
+wrong: int = update.status  # a type error only a checker that found the package can see
+"""
+
+
+@pytest.mark.timeout(BUDGET)
+@pytest.mark.parametrize("checker", ["pyright", "mypy"])
+def test_type_checkers_resolve_the_editable_install(tmp_path: Path, checker: str) -> None:
+    """With the project installed editable (as `scripts/test` does), mypy and pyright, and so
+    Pylance, resolve `inferencesh` from a user's script: they see its types, not a missing
+    import."""
+    binary = Path(sys.executable).with_name(checker)
+    if not binary.exists():
+        pytest.skip(f"{checker} is not installed next to this Python (the dev extra has it)")
+    script = tmp_path / "user.py"
+    script.write_text(USER_SCRIPT)
+    if checker == "pyright":
+        command = [str(binary), "--pythonpath", sys.executable, str(script)]
+    else:
+        command = [str(binary), "--strict", "--no-incremental", str(script)]
+    checked = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=BUDGET - 30, check=False
+    )
+    report = checked.stdout + checked.stderr
+    assert "user.py:5" in report, report  # the one error, found...
+    assert "TaskStatus" in report, report  # ...with the package's own types
+    assert "could not be resolved" not in report, report
+    assert "import-not-found" not in report, report

@@ -475,12 +475,22 @@ def test_decoder_refuses_input_after_line_too_long() -> None:
         assert info.value.events == []
 
 
-def test_default_limit_is_one_mebibyte() -> None:
-    """The default bound is 1 MiB: that line passes, one byte more raises."""
-    line = b"data: " + b"x" * (1024 * 1024 - 6)
-    assert [E("message", "x" * (1024 * 1024 - 6))] == decode(line + b"\n\n")
+def test_default_limit_is_32_mebibytes() -> None:
+    """The default bound is 32 MiB: that line passes, one byte more raises."""
+    size = 32 * 1024 * 1024
+    line = b"data: " + b"x" * (size - 6)
+    [event] = decode(line + b"\n\n")
+    assert size - 6 == len(event.data)
     with pytest.raises(SSELineTooLongError):
         decode(line + b"x\n\n")
+
+
+def test_multi_line_data_is_bounded_too() -> None:
+    """Many short data lines cannot grow one event past the bound either."""
+    decoder = SSEDecoder(max_line_bytes=16)
+    with pytest.raises(SSELineTooLongError) as info:
+        decoder.feed(b"data: ok\n\n" + b"data: 12345\n" * 4)
+    assert [E("message", "ok")] == info.value.events
 
 
 def test_invalid_max_line_bytes() -> None:

@@ -62,6 +62,41 @@ def reference(stream: bytes) -> tuple[list[ServerSentEvent], int | None, str]:
     return events, retry, last_event_id
 
 
+def reference_fresh_ids(stream: bytes) -> list[str | None]:
+    """For each event of `reference(stream)`, the ID an `id:` field set since the previous
+    event was dispatched (None when none did): what a reader needs to tell replays apart."""
+    text = stream.decode("utf-8-sig", "replace")
+    *lines, _unterminated = _TEXT_LINE_END.split(text)
+    fresh: list[str | None] = []
+    has_data = False
+    current: str | None = None
+    for line in lines:
+        if line == "":
+            if has_data:
+                fresh.append(current)
+                current = None
+            has_data = False
+            continue
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            has_data = True
+        elif field == "id" and "\0" not in value:
+            current = value
+    return fresh
+
+
+def payloads_of(decoder: SSEDecoder, chunks: list[bytes]) -> list[tuple[str, str | None]]:
+    """Each event's data (as text) and fresh id, through `feed_payloads`."""
+    found: list[tuple[str, str | None]] = []
+    for chunk in chunks:
+        datas, ids, error = decoder.feed_payloads(chunk)
+        assert error is None
+        found += zip([str(d, "utf-8", "replace") for d in datas], ids, strict=True)
+    return found
+
+
 def split_at(stream: bytes, cuts: list[int]) -> list[bytes]:
     points = [0, *sorted(min(cut, len(stream)) for cut in cuts), len(stream)]
     return [stream[a:b] for a, b in itertools.pairwise(points)]
@@ -345,19 +380,14 @@ def test_runs_of_events_match_reference_under_any_chunking(
     stream: bytes, data: st.DataObject
 ) -> None:
     """Streams made mostly of runs of `id`/`data` events decode exactly, however cut, through
-    both `feed` and `feed_data`."""
+    both `feed` and `feed_payloads` (which gives each event's own id, not the persisted one)."""
     chunks = draw_chunks(data, stream)
     decoder, plain = SSEDecoder(), SSEDecoder()
     events = [event for chunk in chunks for event in decoder.feed(chunk)]
-    datas: list[str] = []
-    ids: list[str] = []
-    for chunk in chunks:
-        more_data, more_ids = plain.feed_data(chunk)
-        datas += more_data
-        ids += more_ids
     expected, retry, last_event_id = reference(stream)
     assert expected == events
-    assert [(e.data, e.id) for e in expected] == list(zip(datas, ids, strict=True))
+    pairs = list(zip([e.data for e in expected], reference_fresh_ids(stream), strict=True))
+    assert pairs == payloads_of(plain, chunks)
     assert (retry, last_event_id) == (decoder.retry, decoder.last_event_id)
     assert (retry, last_event_id) == (plain.retry, plain.last_event_id)
 
@@ -370,16 +400,18 @@ def test_a_long_run_skips_the_line_by_line_rules(
     seen: list[int] = []
     original = SSEDecoder._lines
 
-    def counting(self: SSEDecoder, lines: list[str], out: object) -> None:
+    def counting(self: SSEDecoder, lines: list[bytes], out: object) -> None:
         seen.append(len(lines))
         original(self, lines, out)  # type: ignore[arg-type]
 
     monkeypatch.setattr(SSEDecoder, "_lines", counting)
     block = b'id: %d\ndata: {"n": %d}\n\n' if with_ids else b'data: {"n": %d}\n\n'
     body = b"".join(block % ((n, n) if with_ids else (n,)) for n in range(1000))
-    datas, ids = SSEDecoder().feed_data(body[:-1])  # the last blank line is still to come
-    assert [f'{{"n": {n}}}' for n in range(999)] == datas
-    assert ([str(n) for n in range(999)] if with_ids else [""] * 999) == ids
+    # The last blank line is still to come.
+    datas, ids, error = SSEDecoder().feed_payloads(body[:-1])
+    assert [b'{"n": %d}' % n for n in range(999)] == datas
+    assert ([str(n) for n in range(999)] if with_ids else [None] * 999) == ids
+    assert error is None
     assert sum(seen) < 10
 
 
@@ -400,9 +432,9 @@ def test_an_odd_event_inside_a_run_at_every_cut(odd: bytes) -> None:
     run = b"".join(b"id: %d\ndata: r%d\n\n" % (n, n) for n in range(6))
     stream = run + odd + run + b"data: a\n\ndata: b\n\n" + odd + run
     expected, _, last_event_id = reference(stream)
+    fresh = reference_fresh_ids(stream)
     for cut in range(len(stream) + 1):
         decoder = SSEDecoder()
-        first, second = decoder.feed_data(stream[:cut]), decoder.feed_data(stream[cut:])
-        pairs = list(zip(first[0] + second[0], first[1] + second[1], strict=True))
-        assert [(e.data, e.id) for e in expected] == pairs, cut
+        pairs = payloads_of(decoder, [stream[:cut], stream[cut:]])
+        assert list(zip([e.data for e in expected], fresh, strict=True)) == pairs, cut
         assert last_event_id == decoder.last_event_id

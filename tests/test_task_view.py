@@ -1,4 +1,4 @@
-"""The task stream's state machine, without I/O: what is new in each payload, across reconnects."""
+"""The one diff, without I/O: what each task payload adds to what the consumer was given."""
 
 from __future__ import annotations
 
@@ -9,8 +9,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inferencesh import ProtocolError, TaskStatus
-from inferencesh._task_stream import TaskTracker, merge_delta
+from inferencesh import ProtocolError, TaskStatus, TaskUpdate
+from inferencesh._converters import structure_task
+from inferencesh._task_stream import TaskView, merge_delta
+
+
+class Tracker:
+    """Structure then diff, as a stream does for each payload."""
+
+    def __init__(self) -> None:
+        self.view = TaskView("t")
+
+    def absorb(self, payload: Any) -> tuple[TaskUpdate, ...]:
+        event = structure_task(payload, "t")
+        return () if event is None else self.view.apply(event)
 
 
 def test_merge_delta_worked_example_from_the_protocol() -> None:
@@ -25,8 +37,11 @@ def test_merge_delta_worked_example_from_the_protocol() -> None:
         {"usage": {"prompt_tokens": 3, "completion_tokens": 2}},
     ]  # fmt: skip
     state: dict[str, Any] = {}
+    states = []
     for delta in deltas:
-        merge_delta(state, delta)
+        state = merge_delta(state, delta)
+        states.append(state)
+    assert {"response": "Hel", "reasoning": "Let me check"} == states[1]  # never changed later
     assert {
         "reasoning": "Let me check",
         "response": "Hello",
@@ -40,7 +55,7 @@ def test_merge_delta_worked_example_from_the_protocol() -> None:
 
 def test_deltas_accumulate_and_never_overwrite_the_final_output() -> None:
     """Delta events yield the text so far; the completed task keeps the server's output."""
-    tracker = TaskTracker("t")
+    tracker = Tracker()
     tracker.absorb({"id": "t", "status": 7})
     pieces = []
     for text in ("Hel", "lo", " world"):
@@ -49,12 +64,12 @@ def test_deltas_accumulate_and_never_overwrite_the_final_output() -> None:
     assert ["Hel", "Hello", "Hello world"] == pieces
     [final] = tracker.absorb({"id": "t", "status": 10, "output": {"response": "Hello world!"}})
     assert {"response": "Hello world!"} == final.output
-    assert tracker.finished
+    assert final.is_terminal
 
 
 def test_heartbeats_and_unknown_events_yield_nothing() -> None:
     """Heartbeats and other named events are not updates; a non-object is a protocol error."""
-    tracker = TaskTracker("t")
+    tracker = Tracker()
     assert () == tuple(tracker.absorb({"type": "heartbeat"}))
     assert () == tuple(tracker.absorb({"event": "something_else", "data": {}}))
     with pytest.raises(ProtocolError):
@@ -66,25 +81,27 @@ FLOW = [1, 2, 3, 4, 5, 6, 7, 9, 10]
 
 @st.composite
 def histories(draw: st.DrawFn) -> tuple[list[str], list[dict[str, Any]]]:
-    """A task's log lines, and a stream of payloads as a flaky connection would deliver them:
-    per-step partial updates with only the new lines, full snapshots (cumulative logs) repeated
-    at random points as after reconnects, and status snapshots that may arrive late."""
+    """A task's log lines, and its payloads as connections to a server without event ids
+    deliver them: each connection starts with a snapshot whose cumulative logs reach some
+    point (the current one, an older one after a rewind, or none at all for a server that
+    replays from the start), then per-step partial updates with only the lines after it."""
     lines = [f"line {i}" for i in range(draw(st.integers(0, 30)))]
-    payloads: list[dict[str, Any]] = [{"id": "t", "status": 1, "logs": []}]
-    sent = 0
-    status_index = 0
-    while sent < len(lines):
-        take = draw(st.integers(1, 4))
-        chunk = lines[sent : sent + take]
-        sent += len(chunk)
-        payloads.append({"data": {"id": "t", "status": 7, "logs": chunk}, "fields": ["logs"]})
-        if draw(st.booleans()):
-            status_index = min(status_index + 1, len(FLOW) - 2)
-            # A reconnect: the full snapshot repeats every line so far...
-            payloads.append({"id": "t", "status": FLOW[status_index], "logs": lines[:sent]})
-        if draw(st.booleans()):
-            # ...and an older snapshot may still arrive (a status that would go backwards).
-            payloads.append({"id": "t", "status": 2, "logs": lines[: max(0, sent - 1)]})
+    payloads: list[dict[str, Any]] = []
+    reached = 0  # lines the server has produced so far
+    status = 0
+    while True:
+        start = draw(st.integers(0, reached))
+        status = min(status + draw(st.integers(0, 1)), len(FLOW) - 2)
+        payloads.append({"id": "t", "status": FLOW[status], "logs": lines[:start]})
+        sent = start
+        stop = draw(st.integers(min(reached + 1, len(lines)), len(lines)))
+        while sent < stop:
+            chunk = lines[sent : sent + draw(st.integers(1, 4))]
+            sent += len(chunk)
+            payloads.append({"data": {"id": "t", "status": 7, "logs": chunk}, "fields": ["logs"]})
+        reached = max(reached, sent)
+        if reached == len(lines) and not draw(st.booleans()):
+            break
     payloads.append({"id": "t", "status": 10, "logs": lines, "output": {"n": len(lines)}})
     return lines, payloads
 
@@ -94,9 +111,9 @@ def histories(draw: st.DrawFn) -> tuple[list[str], list[dict[str, Any]]]:
 def test_every_log_line_exactly_once_and_status_never_backwards(
     history: tuple[list[str], list[dict[str, Any]]],
 ) -> None:
-    """Whatever repeats and reorders the stream brings, collected logs equal the task's logs."""
+    """Whatever a reconnect replays, collected logs equal the task's logs, in order."""
     lines, payloads = history
-    tracker = TaskTracker("t")
+    tracker = Tracker()
     collected: list[str] = []
     ranks: list[int] = []
     for payload in payloads:
@@ -105,8 +122,7 @@ def test_every_log_line_exactly_once_and_status_never_backwards(
             ranks.append(update.status.rank)
     assert lines == collected
     assert sorted(ranks) == ranks
-    assert tracker.finished
-    assert TaskStatus.COMPLETED == tracker.status
+    assert TaskStatus.COMPLETED == tracker.view.status
 
 
 _OUTPUTS = st.one_of(
@@ -147,18 +163,18 @@ def _validated_path(payload: dict[str, Any]) -> Any:
 def test_fast_path_and_validated_path_yield_the_same_updates(stream: list[dict[str, Any]]) -> None:
     """Well-formed payloads are read directly; any other shape is validated first. Both must
     make the same decisions, so the same stream gives equal updates either way."""
-    fast, validated = TaskTracker("t"), TaskTracker("t")
+    fast, validated = Tracker(), Tracker()
     for payload in stream:
         expected = list(validated.absorb(_validated_path(payload)))
         assert expected == list(fast.absorb(payload))
-        assert (validated.status, validated.finished) == (fast.status, fast.finished)
-        if validated.finished:
+        assert validated.view.status == fast.view.status
+        if validated.view.status.is_terminal:
             break
 
 
 def test_hosted_shapes_are_read_like_the_plain_ones() -> None:
     """Status names, log records and float progress take the validated path to the same result."""
-    plain, hosted = TaskTracker("t"), TaskTracker("t")
+    plain, hosted = Tracker(), Tracker()
     [expected] = plain.absorb(
         {"id": "t", "status": 7, "logs": ["a"], "progress": {"current": 1, "total": 2}}
     )
@@ -177,7 +193,7 @@ def test_hosted_shapes_are_read_like_the_plain_ones() -> None:
 def test_partial_output_field_wins_over_a_running_tasks_output() -> None:
     """A running task's intermediate result is `partial_output` when the payload names one,
     else its `output`; an unchanged one is not repeated; a finished task's `output` is final."""
-    tracker = TaskTracker("t")
+    tracker = Tracker()
     [first] = tracker.absorb({"id": "t", "status": 7, "output": "o", "partial_output": "p"})
     [second] = tracker.absorb({"id": "t", "status": 7, "output": "o2"})
     assert [] == list(tracker.absorb({"id": "t", "status": 7, "output": "o2"}))
