@@ -203,3 +203,77 @@ def client(server: str) -> Iterator[Inference]:
     with inference(api_key="k", base_url=server) as c:
         yield c
     assert [] == sdk_threads()
+
+
+def _answers(agent: Any) -> Any:
+    return lambda call: agent.submit_tool_result(call.id, "ok")
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, SystemExit])
+def test_an_interrupted_tool_handler_stops_the_run_first(
+    client: Inference, interruption: type[BaseException]
+) -> None:
+    """Ctrl-C (or SystemExit) in a blocking tool handler reaches the caller as itself, after
+    the run was stopped: the chat takes the next message at once (no 409)."""
+    agent = client.agent(AGENT)
+
+    def interrupted(call: ToolCall) -> None:
+        raise interruption
+
+    with pytest.raises(interruption):
+        agent.send_message("hello", on_tool_call=interrupted)
+    assert "again" in agent.send_message("again", on_tool_call=_answers(agent)).text
+
+
+def test_an_async_callback_on_the_blocking_agent_is_refused_and_stops_the_run(
+    client: Inference,
+) -> None:
+    """A coroutine function given to the blocking agent: UsageError, the coroutine closed (no
+    'never awaited' warning, which the suite turns into an error), the chat free again."""
+    agent = client.agent(AGENT)
+
+    async def handler(call: ToolCall) -> None:
+        agent.submit_tool_result(call.id, "never")
+
+    with pytest.raises(ToolCallError) as info:
+        agent.send_message("hello", on_tool_call=handler)
+    assert isinstance(info.value.__cause__, UsageError)
+    assert "again" in agent.send_message("again", on_tool_call=_answers(agent)).text
+
+
+def test_a_message_callback_that_raises_stops_the_run(client: Inference) -> None:
+    """An on_message error is the caller's own exception, raised after the run was stopped."""
+    agent = client.agent(AGENT)
+
+    def failing(message: MessageEvent) -> None:
+        raise LookupError("display broke")
+
+    with pytest.raises(LookupError, match="display broke"):
+        agent.send_message("hello", on_message=failing, on_tool_call=_answers(agent))
+    assert "again" in agent.send_message("again", on_tool_call=_answers(agent)).text
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_async_send_message_stops_the_run(server: str) -> None:
+    """Cancelling `send_message` while the agent waits on a tool stops the run too."""
+    import asyncio
+
+    async with async_inference(api_key="k", base_url=server) as client:
+        agent = client.agent(AGENT)
+        waiting = asyncio.Event()
+
+        async def slow(call: ToolCall) -> None:
+            waiting.set()
+            await asyncio.Event().wait()  # until cancelled
+
+        task = asyncio.create_task(agent.send_message("hello", on_tool_call=slow))
+        async with asyncio.timeout(10):
+            await waiting.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        async def answer(call: ToolCall) -> None:
+            await agent.submit_tool_result(call.id, "ok")
+
+        assert "again" in (await agent.send_message("again", on_tool_call=answer)).text
