@@ -111,22 +111,7 @@ def structure_task(obj: Any, task_id: str) -> TaskEvent | None:
         and (progress is None or (progress := _plain_progress(progress)) is not None)
     ):
         status = None if code is None else _BY_CODE.get(code, _UNKNOWN)
-        return _new_event(
-            TaskEvent,
-            (
-                kind,
-                kind == SNAPSHOT,
-                status in _TERMINAL,
-                status,
-                logs,
-                progress,
-                get("output"),
-                get("partial_output", _ABSENT),
-                get("error"),
-                session_id or None,
-                payload,
-            ),
-        )
+        return _task_event(kind, status, logs, progress, session_id or None, payload)
     return validated_task(kind, payload)
 
 
@@ -181,18 +166,34 @@ def validated_task(kind: int, payload: Mapping[str, Any]) -> TaskEvent:
     session_id = payload.get("session_id")
     if session_id is not None:
         session_id = _field(payload, "session_id", str) or None
-    return TaskEvent(
-        kind,
-        kind == SNAPSHOT,
-        status in _TERMINAL,
-        status,
-        logs,
-        progress,
-        payload.get("output"),
-        payload.get("partial_output", _ABSENT),
-        payload.get("error"),
-        session_id,
-        payload,
+    return _task_event(kind, status, logs, progress, session_id, payload)
+
+
+def _task_event(
+    kind: int,
+    status: TaskStatus | None,
+    logs: Sequence[str] | None,
+    progress: Progress | None,
+    session_id: str | None,
+    payload: Mapping[str, Any],
+) -> TaskEvent:
+    """The event, from the fields read and checked; the rest of the payload as it is."""
+    get = payload.get
+    return _new_event(
+        TaskEvent,
+        (
+            kind,
+            kind == SNAPSHOT,
+            status in _TERMINAL,
+            status,
+            logs,
+            progress,
+            get("output"),
+            get("partial_output", _ABSENT),
+            get("error"),
+            session_id,
+            payload,
+        ),
     )
 
 
