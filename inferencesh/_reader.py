@@ -162,6 +162,7 @@ class _Cursor:
             elif data != self.last_absolute:
                 self.novel = True
                 self.last_absolute = data
+            self.resync = False
             return True
         if not record.absolute and self.seq is not None and seq != self.seq + 1:
             if seq <= self.seq:
@@ -172,6 +173,7 @@ class _Cursor:
         if self.top is None or seq > self.top:
             self.top = seq
             self.novel = True
+        self.resync = False  # in sequence again (or never out of it)
         return True
 
 
@@ -393,10 +395,8 @@ class StreamReader(Generic[R]):
         if isinstance(error, _Gap):
             if self._cursor.resync:  # a fresh connection, and still no snapshot to heal from
                 raise EventGapError(f"the stream of the {self._codec.label}: {error}") from None
-            self._cursor.resync = True
+            self._cursor.resync = True  # until an event is taken in sequence again
             error = StreamInterruptedError(f"{error}; reconnecting for a fresh snapshot")
-        else:
-            self._cursor.resync = False
         await self._disconnect()
         await self._wait_to_retry(error)
 
