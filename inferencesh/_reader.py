@@ -136,25 +136,43 @@ def _position(event_id: str) -> int | None:
     return None
 
 
-class _Gap(Exception):
-    """Events were skipped: the connection must be replaced by one that starts afresh."""
+class _Resync(Exception):
+    """The stream can no longer be followed by its ids (events were skipped, or the server
+    numbers them afresh): the connection must be replaced by one that starts from a
+    snapshot."""
+
+
+def _fingerprint(data: Buffer) -> Buffer | tuple[int, bytes, bytes]:
+    """What is kept of the last event taken, to tell a replay of it from another event under
+    the same id: the payload itself when small, else its size and both ends (a view of a large
+    event would keep its whole network read alive)."""
+    if isinstance(data, memoryview):
+        return len(data), data[:256].tobytes(), data[-256:].tobytes()
+    return data
 
 
 class _Cursor:
-    """Where the reader is in the resource's event log; reader-owned."""
+    """Where the reader is in the resource's event log; reader-owned.
+
+    `top` is the position (integer id) of the last event taken; an event is taken only if it
+    moves the stream on: a relative event right after `top`, a snapshot at or after it. Under
+    an id already passed the server replays (dropped), unless the payload differs from the one
+    taken under it: then its ids are not positions any more, as with a skipped event, and the
+    stream starts again from a snapshot (`resync`), which may then be at any id.
+    """
 
     def __init__(self) -> None:
         self.last_id = ""  # sent as Last-Event-ID; "" when it must not be (not header-safe)
-        self.seq: int | None = None  # the position of the last event taken
-        self.top: int | None = None  # the highest position ever taken
-        self.resync = False  # the next connection must start from a snapshot
+        self.top: int | None = None  # the position of the last event taken
+        self.top_print: object = None  # `_fingerprint` of that event's payload
+        self.resync = False  # this connection started afresh: its first snapshot anchors
         self.novel = False  # the current connection brought something new
         self.last_absolute: Buffer | None = None  # the last id-less snapshot, to tell repeats
 
     def admit(self, record: Record, event_id: str | None, data: Buffer) -> bool:
-        """Whether `record`, arriving with `event_id`, is handed on. Raises `_Gap`."""
-        seq = None if event_id is None else _position(event_id)
-        if seq is None:
+        """Whether `record`, arriving with `event_id`, is handed on. Raises `_Resync`."""
+        at = None if event_id is None else _position(event_id)
+        if at is None:
             if event_id is not None:
                 self.last_id = event_id if header_safe(event_id) else ""
             if not record.absolute:
@@ -164,16 +182,26 @@ class _Cursor:
                 self.last_absolute = data
             self.resync = False
             return True
-        if not record.absolute and self.seq is not None and seq != self.seq + 1:
-            if seq <= self.seq:
-                return False  # already handed on: the server replays, repeats or rewinds
-            raise _Gap(f"the server skipped events {self.seq + 1} to {seq - 1}")
-        self.seq = seq
-        self.last_id = event_id  # type: ignore[assignment]  # digits: header-safe
-        if self.top is None or seq > self.top:
-            self.top = seq
+        top = self.top
+        if top is not None:
+            if at <= top:
+                if record.absolute:
+                    if at < top and not (record.final or self.resync):
+                        return False  # a stale snapshot: the server replays or rewinds
+                    # Else a snapshot at the current position, the end, or the anchor of a
+                    # fresh start: taken whatever its id.
+                elif at < top or _fingerprint(data) == self.top_print:
+                    return False  # taken already: the server replays, repeats or rewinds
+                else:
+                    raise _Resync(f"the server sent another event under id {at}")
+            elif at > top + 1 and not record.absolute:
+                raise _Resync(f"the server skipped events {top + 1} to {at - 1}")
+        if top is None or at > top:
             self.novel = True
-        self.resync = False  # in sequence again (or never out of it)
+        self.top = at
+        self.top_print = _fingerprint(data)
+        self.last_id = event_id  # type: ignore[assignment]  # digits: header-safe
+        self.resync = False
         return True
 
 
@@ -293,7 +321,7 @@ class StreamReader(Generic[R]):
                     continue
                 return batch
             problem, self._problem = self._problem, None
-            if isinstance(problem, TransportError | _Gap):
+            if isinstance(problem, TransportError | _Resync):
                 await self._reconnect_after(problem)
             elif problem is not None:
                 raise problem
@@ -354,7 +382,7 @@ class StreamReader(Generic[R]):
                 if record.final:
                     self._ended = True
                     break
-        except (ProtocolError, _Gap) as exc:
+        except (ProtocolError, _Resync) as exc:
             self._problem = exc
             index = end  # nothing after a payload that broke the stream
         self._next = index
@@ -392,10 +420,10 @@ class StreamReader(Generic[R]):
             return response
 
     async def _reconnect_after(self, error: BaseException) -> None:
-        if isinstance(error, _Gap):
+        if isinstance(error, _Resync):
             if self._cursor.resync:  # a fresh connection, and still no snapshot to heal from
                 raise EventGapError(f"the stream of the {self._codec.label}: {error}") from None
-            self._cursor.resync = True  # until an event is taken in sequence again
+            self._cursor.resync = True  # until an event is taken again
             error = StreamInterruptedError(f"{error}; reconnecting for a fresh snapshot")
         await self._disconnect()
         await self._wait_to_retry(error)

@@ -69,6 +69,14 @@ def _without_secrets(info: aiohttp.RequestInfo) -> aiohttp.RequestInfo:
     return aiohttp.RequestInfo(info.url, info.method, CIMultiDictProxy(headers), info.real_url)
 
 
+def _arg_without_secrets(arg: object) -> object:
+    if isinstance(arg, aiohttp.RequestInfo):
+        return _without_secrets(arg)
+    if isinstance(arg, tuple):  # `history`: responses, each with its request's headers
+        return ()
+    return arg
+
+
 def _scrub(exc: BaseException) -> BaseException:
     """Remove the request headers aiohttp keeps on `exc` and the exceptions it was raised from
     or during (`request_info`, `history`), so no attribute of an error carries the API key."""
@@ -83,6 +91,9 @@ def _scrub(exc: BaseException) -> BaseException:
             current.request_info = _without_secrets(info)  # type: ignore[attr-defined]
         if getattr(current, "history", None):
             current.history = ()  # type: ignore[attr-defined]
+        if any(isinstance(arg, aiohttp.RequestInfo | tuple) for arg in current.args):
+            # ClientResponseError keeps its constructor's arguments too.
+            current.args = tuple(_arg_without_secrets(arg) for arg in current.args)
         stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
     return exc
 

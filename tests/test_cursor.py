@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inferencesh._reader import _Cursor, _Gap
+from inferencesh._reader import _Cursor, _Resync
 
 
 class Event(NamedTuple):
@@ -26,28 +26,54 @@ def take(cursor: _Cursor, event: Event, event_id: str | None, data: bytes = b"{}
 def test_in_sequence_events_are_taken_and_replays_dropped() -> None:
     """Consecutive ids are taken; an id already passed (replay, repeat, rewind) is not."""
     cursor = _Cursor()
-    assert [True, True, True] == [take(cursor, PARTIAL, str(n)) for n in (1, 2, 3)]
-    assert [False, False] == [take(cursor, PARTIAL, "3"), take(cursor, PARTIAL, "1")]
+    assert [True, True, True] == [take(cursor, PARTIAL, str(n), b"%d" % n) for n in (1, 2, 3)]
+    assert [False, False] == [take(cursor, PARTIAL, "3", b"3"), take(cursor, PARTIAL, "1", b"1")]
     assert take(cursor, PARTIAL, "4")
     assert "4" == cursor.last_id
 
 
-def test_a_gap_raises_and_a_snapshot_whatever_its_id_is_taken() -> None:
-    """Skipping ahead is a gap; a snapshot is taken even behind or ahead, and re-anchors."""
+def test_a_stale_snapshot_is_dropped_and_a_newer_one_taken() -> None:
+    """A snapshot behind the stream (a replay from the start) gives nothing; one at or past
+    the current position is taken; the final one is taken whatever its id."""
     cursor = _Cursor()
-    take(cursor, PARTIAL, "5")
-    with pytest.raises(_Gap, match="6 to 6"):
+    assert take(cursor, SNAPSHOT, "1", b"s1")
+    assert [True, True] == [take(cursor, PARTIAL, str(n), b"%d" % n) for n in (2, 3)]
+    assert not take(cursor, SNAPSHOT, "1", b"s1")
+    assert not take(cursor, PARTIAL, "2", b"2")
+    assert take(cursor, SNAPSHOT, "3", b"s3")  # at the current position: harmless
+    assert take(cursor, SNAPSHOT, "9")
+    assert not take(cursor, PARTIAL, "9", b"{}")
+    assert take(cursor, Event(True, final=True), "2")
+
+
+def test_a_gap_or_another_event_under_a_passed_id_starts_afresh() -> None:
+    """Skipping ahead, or a different payload under the id last taken (the server numbers its
+    events afresh), needs a fresh start; its first snapshot anchors, whatever its id."""
+    cursor = _Cursor()
+    take(cursor, PARTIAL, "5", b"five")
+    with pytest.raises(_Resync, match="6 to 6"):
         take(cursor, PARTIAL, "7")
+    with pytest.raises(_Resync, match="another event under id 5"):
+        take(cursor, PARTIAL, "5", b"not five")
+    assert not take(cursor, PARTIAL, "5", b"five")  # the same payload: a repeat
+    cursor.resync = True
+    assert not take(cursor, PARTIAL, "3")  # cannot be placed before the anchor
     assert take(cursor, SNAPSHOT, "2")  # ids that went backwards: the snapshot re-anchors
+    assert not cursor.resync
     assert take(cursor, PARTIAL, "3")
-    assert not take(cursor, PARTIAL, "3")
-    assert take(cursor, SNAPSHOT, "40")
-    assert take(cursor, PARTIAL, "41")
+    assert not take(cursor, SNAPSHOT, "1")
 
 
-def test_resync_ends_once_an_event_is_taken_in_sequence() -> None:
-    """After a gap the next connection starts fresh; once an event is taken (a snapshot, or
-    the next id) the stream is whole again, so a later gap is healed again too."""
+def test_chat_snapshot_frames_share_an_id() -> None:
+    """Several snapshot frames under one id (a chat's messages, then the chat) are all taken."""
+    cursor = _Cursor()
+    take(cursor, PARTIAL, "4", b"delta")
+    assert [True, True, True] == [take(cursor, SNAPSHOT, "7", b"m%d" % n) for n in range(3)]
+
+
+def test_resync_ends_once_an_event_is_taken() -> None:
+    """After a fresh start, once an event is taken (a snapshot, or the next id) the stream is
+    whole again, so a later gap is healed again too."""
     cursor = _Cursor()
     take(cursor, PARTIAL, "1")
     cursor.resync = True
@@ -96,7 +122,7 @@ def test_taken_ids_only_ever_go_up_by_one(ids: list[int]) -> None:
         try:
             if take(cursor, PARTIAL, str(n)):
                 taken.append(n)
-        except _Gap:
+        except _Resync:
             break
     first = taken[0] if taken else 1
     assert list(range(first, first + len(taken))) == taken
