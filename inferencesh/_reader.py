@@ -129,13 +129,6 @@ class NDJSONFramer:
         return EventTooLargeError(f"an NDJSON line is longer than {self._max} bytes")
 
 
-def _position(event_id: str) -> int | None:
-    """The integer an event id counts to, or None for an id that is not a plain count."""
-    if event_id.isascii() and event_id.isdigit() and len(event_id) <= _MAX_ID_DIGITS:
-        return int(event_id)
-    return None
-
-
 class _Resync(Exception):
     """The stream can no longer be followed by its ids (events were skipped, or the server
     numbers them afresh): the connection must be replaced by one that starts from a
@@ -171,7 +164,9 @@ class _Cursor:
 
     def admit(self, record: Record, event_id: str | None, data: Buffer) -> bool:
         """Whether `record`, arriving with `event_id`, is handed on. Raises `_Resync`."""
-        at = None if event_id is None else _position(event_id)
+        at = None
+        if event_id is not None and event_id.isdigit() and event_id.isascii():
+            at = int(event_id) if len(event_id) <= _MAX_ID_DIGITS else None
         if at is None:
             if event_id is not None:
                 self.last_id = event_id if header_safe(event_id) else ""
@@ -199,7 +194,7 @@ class _Cursor:
         if top is None or at > top:
             self.novel = True
         self.top = at
-        self.top_print = _fingerprint(data)
+        self.top_print = data if type(data) is bytes else _fingerprint(data)
         self.last_id = event_id  # type: ignore[assignment]  # digits: header-safe
         self.resync = False
         return True
@@ -366,7 +361,7 @@ class StreamReader(Generic[R]):
             while index < end and len(batch) < limit:
                 data = payloads[index]
                 index += 1
-                if is_blank(data):
+                if not data or (data.isspace() if type(data) is bytes else is_blank(data)):
                     continue  # an empty event, a blank line: no payload
                 payload = loads(data)
                 if ids is not None:
