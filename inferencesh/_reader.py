@@ -104,7 +104,7 @@ class NDJSONFramer:
     def feed(self, chunk: bytes) -> tuple[list[Line], EventTooLargeError | None]:
         """The lines `chunk` completes (blank ones included), in order, and the error for a
         line past the bound, found after them (the framer is then of no further use)."""
-        lines, tail = split_lines(chunk)
+        lines, tail, _ = split_lines(chunk)
         if not lines:
             self._pieces.append(tail)
             self._pending += len(tail)

@@ -115,40 +115,49 @@ def header_safe(value: str) -> bool:
     )
 
 
-# Up to this many lines in a chunk, the lines are long ones: cut them as views of the chunk.
+# How many lines `split_lines` looks at before it decides how to cut a chunk, and from which
+# average length lines are cut as views of the chunk rather than copied out.
 _FEW_LINES = 32
-
+_LONG_LINE = 512
 
 Line = bytes | memoryview
 
 
-def split_lines(chunk: bytes) -> tuple[list[Line], bytes]:
-    """The complete lines of `chunk` (without their LF) and the unterminated rest.
+def split_lines(chunk: bytes) -> tuple[list[Line], bytes, bool]:
+    """The complete lines of `chunk` (without their LF), the unterminated rest, and whether
+    every line is `bytes` (none a view).
 
-    Many short lines are copied out by one C-level split. A chunk of a few long lines (large
-    events: an image preview) is cut into views of the chunk instead, found with `find`
-    (memchr speed): copying those out would allocate and fill a fresh block per line.
+    Many short lines are copied out by one C-level split. Long lines (large events: an image
+    preview) are cut as views of the chunk instead, found with `find` (memchr speed): copying
+    them out would allocate and fill a fresh block per line. A chunk of more than `_FEW_LINES`
+    lines that are short on average is split; otherwise its lines are views (the short ones
+    among them copied, as views cost more than small copies).
     """
     ends: list[int] = []
     find = chunk.find
     at = find(b"\n")
     while at >= 0:
         ends.append(at)
-        if len(ends) > _FEW_LINES:
+        if len(ends) == _FEW_LINES and at < _FEW_LINES * _LONG_LINE:
             lines: list[Line] = list(chunk.split(b"\n"))
             tail = lines.pop()
             assert isinstance(tail, bytes)
-            return lines, tail
+            return lines, tail, True
         at = find(b"\n", at + 1)
     if not ends:
-        return [], chunk
+        return [], chunk, True
     view = memoryview(chunk)
     start = 0
     lines = []
+    copied = True
     for end in ends:
-        lines.append(view[start:end] if end - start > 1024 else chunk[start:end])
+        if end - start > 1024:
+            lines.append(view[start:end])
+            copied = False
+        else:
+            lines.append(chunk[start:end])
         start = end + 1
-    return lines, chunk[start:]
+    return lines, chunk[start:], copied
 
 
 def is_blank(data: Buffer) -> bool:

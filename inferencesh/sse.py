@@ -29,7 +29,7 @@ import attrs
 
 from ._exceptions import SSELineTooLongError
 from ._streaming import DEFAULT_MAX_EVENT_BYTES
-from ._wire import _FEW_LINES, split_lines
+from ._wire import split_lines
 
 __all__ = ["SSEDecoder", "ServerSentEvent", "encode_sse"]
 
@@ -44,6 +44,8 @@ class ServerSentEvent:
 
 
 _BOM: Final = b"\xef\xbb\xbf"
+# Below this many complete lines in a chunk, looking for a run of events does not pay.
+_MIN_RUN_LINES: Final = 8
 _after_data_colon_space = itemgetter(slice(6, None))
 _after_id_colon_space = itemgetter(slice(4, None))
 
@@ -184,7 +186,7 @@ class SSEDecoder:
             self._pending_cr = chunk[-1] == 0x0D
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         limit = self._max_line_bytes
-        lines, tail = split_lines(chunk)
+        lines, tail, copied = split_lines(chunk)
         if not lines:
             # No line end in this chunk: keep it as it is; nothing is complete.
             self._pieces.append(chunk)
@@ -205,10 +207,10 @@ class SSEDecoder:
             # Only when this chunk could hold a line over the bound: find it.
             for index, line in enumerate(lines):
                 if len(line) > limit:
-                    self._fail(self._interpret(lines[:index]))
+                    self._fail(self._interpret(lines[:index], copied))
             if len(tail) > limit:
-                self._fail(self._interpret(lines))
-        return self._interpret(lines)
+                self._fail(self._interpret(lines, copied))
+        return self._interpret(lines, copied)
 
     def _strip_bom(self, chunk: bytes) -> bytes:
         # The UTF-8 decode algorithm drops one leading BOM; it may arrive split across chunks.
@@ -225,15 +227,14 @@ class SSEDecoder:
         self._data = []
         raise _TooLong(dispatched)
 
-    def _interpret(self, lines: list[Data]) -> _Dispatched:
+    def _interpret(self, lines: list[Data], copied: bool) -> _Dispatched:
         # WHATWG 9.2.6 over complete lines, terminators removed. A busy stream is mostly a run
-        # of same-shaped events, which `_run` takes whole; the rest goes line by line. (Long
-        # lines come as views of the chunk, and never many to a chunk: they go line by line.)
+        # of same-shaped events, which `_run` takes whole; the rest goes line by line, as do
+        # chunks with long lines (views of the chunk, see `split_lines`).
         out = _Dispatched()
         start = 0
-        if len(lines) > _FEW_LINES and b"" in lines:
+        if copied and len(lines) >= _MIN_RUN_LINES and b"" in lines:
             # Finish the event in progress, then look for a run from the next event's start.
-            # (Past _FEW_LINES, `split_lines` gave bytes only: no views among them.)
             start = lines.index(b"") + 1
             self._lines(lines[:start], out)
             start = self._run(cast(list[bytes], lines), start, out)
