@@ -8,13 +8,15 @@ what it already handed on, and returns the rest as one batch. It decides to reco
 on its own; it never looks at what the consumer made of a batch.
 
 Event ids are positions. When a server numbers its events with integers (SSE `id:`, or an
-`event_id` key on an NDJSON line: our emulator's extension), a relative event (one that only
-makes sense after the one before it, such as a partial update or a text delta) is taken only
-right after its predecessor: an id already passed is a replay and is dropped, an id further on
-means events were skipped, and the reader reconnects without `Last-Event-ID` to get a fresh
-snapshot. An absolute event (a full snapshot) is always taken, whatever its id: the consumer's
-view compares it with what it already gave out. A server that skips events and will not send a
-snapshot raises `EventGapError`.
+`event_id` key on an NDJSON line: our emulator's extension), an event is taken only if it moves
+the stream on (`_Cursor`): a relative event (one that only makes sense after the one before it,
+such as a partial update or a text delta) right after the last one taken, an absolute event (a
+full snapshot) at or after it. An id already passed is a replay and is dropped; an id further
+on means events were skipped, and another payload under the id last taken means the server
+numbers its events afresh: either way the reader reconnects without `Last-Event-ID` and the
+fresh connection's first snapshot anchors the stream again, whatever its id. A server that
+skips events and will not send a snapshot raises `EventGapError`. Streams without ids are taken
+as they come; the consumer's view places snapshots' log lines by position.
 """
 
 from __future__ import annotations
@@ -209,15 +211,12 @@ class StreamReader(Generic[R]):
         transport: Transport,
         options: StreamingOptions,
         start: Start[R],
-        *,
-        on_reconnect: Callable[[int, float, BaseException], None] | None = None,
     ) -> None:
         self.codec: Codec[R] | None = None
         """The resource's codec, once `start` has run (on the first `next_batch`)."""
         self._start: Start[R] | None = start
         self._transport = transport
         self._options = options
-        self._on_reconnect = on_reconnect
         self._cursor = _Cursor()
         self._retry_hint: float | None = None
         self._failures = 0
@@ -310,7 +309,11 @@ class StreamReader(Generic[R]):
                 continue
             if batch:
                 # More events only if they have already arrived: never wait while holding some.
-                chunk = self._response.read_nowait() if self._response is not None else b""
+                try:
+                    chunk = self._response.read_nowait() if self._response is not None else b""
+                except TransportError as exc:
+                    self._problem = exc  # after these events
+                    return batch
                 if chunk:
                     self._frame(chunk)
                     continue
@@ -449,8 +452,6 @@ class StreamReader(Generic[R]):
             self._options.max_retries,
             delay,
         )
-        if self._on_reconnect is not None:
-            self._on_reconnect(self._failures, delay, error)
         await asyncio.sleep(delay)
 
     async def _disconnect(self) -> None:
