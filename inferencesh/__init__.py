@@ -7,7 +7,7 @@ offline development and tests.
 
 from __future__ import annotations
 
-from ._agent import AsyncAgent, ChatMessage, MessageEvent, ToolCall
+from ._agent import AgentEvent, AsyncAgent, ChatMessage, MessageEvent, ToolCall
 from ._async_client import AsyncInference, TaskStream, async_inference
 from ._events import Progress, TaskUpdate
 from ._exceptions import (
@@ -42,6 +42,7 @@ from ._exceptions import (
 )
 from ._retry import RetryPolicy
 from ._status import TaskStatus
+from ._stream import ItemStream
 from ._streaming import StreamingOptions
 from ._sync_client import Agent, Inference, SyncStream, inference
 from ._version import __version__
@@ -49,6 +50,7 @@ from ._version import __version__
 __all__ = [
     "Agent",
     "AgentError",
+    "AgentEvent",
     "APIStatusError",
     "async_inference",
     "AsyncAgent",
@@ -65,6 +67,7 @@ __all__ = [
     "Inference",
     "inference",
     "InferenceshError",
+    "ItemStream",
     "MessageEvent",
     "NotFoundError",
     "Progress",

@@ -22,7 +22,7 @@ from urllib.parse import quote
 import attrs
 
 from ._events import MappingReads
-from ._exceptions import AgentError, InferenceshError, ProtocolError, ToolCallError, UsageError
+from ._exceptions import AgentError, ProtocolError, ToolCallError, UsageError
 from ._reader import Codec, StreamReader
 from ._stream import ItemStream
 from ._streaming import StreamingOptions
@@ -147,9 +147,6 @@ class ChatCodec:
             return ChatEvent(_CHAT, True, state not in _RUNNING_STATES, data)
         return None
 
-    def timed_out(self, seconds: float) -> InferenceshError:
-        """The error for a chat stream that passed its `total_timeout`."""
-        return AgentError(f"the agent run in chat {self.chat_id} did not end within {seconds} s")
 
 
 class ChatView:
@@ -410,13 +407,12 @@ class AsyncAgent:
                     await dispatch(event, on_message, on_tool_call)
         except BaseException:
             await events.aclose()
-            await self._stop_after_failure()
+            if events.reader.codec is not None:  # the message was accepted: a run to stop
+                await self._stop_after_failure()
             raise
         return require_final(final, self._chat_id)
 
     async def _stop_after_failure(self) -> None:
-        if self._chat_id is None:
-            return  # the message was never accepted: there is no run to stop
         try:
             await self.stop()
         except Exception as exc:  # the original failure matters more; keep it, log this

@@ -111,6 +111,11 @@ class AsyncInference:
         """The options streams use when a call passes none."""
         return self._options
 
+    @property
+    def timeout(self) -> float | None:
+        """Seconds a REST call may take, its retries included (None: no limit)."""
+        return self._transport.timeout
+
     async def __aenter__(self) -> Self:
         return self
 
@@ -232,7 +237,10 @@ class AsyncInference:
         Raises `TaskFailedError` / `TaskCancelledError` when it did not complete, and
         `TaskTimeoutError` when `timeout` seconds pass first (the task keeps running).
         """
-        options = attrs.evolve(self._options, total_timeout=timeout)
+        if timeout is not None:
+            options = attrs.evolve(self._options, total_timeout=timeout)
+        else:
+            options = self._options
         return await self._outcome(self.stream_task(task_id, options))
 
     async def _outcome(self, stream: TaskStream) -> TaskUpdate:

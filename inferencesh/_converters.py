@@ -138,17 +138,14 @@ def _plain_progress(value: Any) -> Progress | None:
     total: Any = value.get("total")
     if type(current) is int and type(total) is int:
         return new_progress(current, total)
-    if (
-        type(current) in _NUMBERS
-        and type(total) in _NUMBERS
-        and math.isfinite(current)
-        and math.isfinite(total)
-    ):
+    if _finite_number(current) and _finite_number(total):
         return new_progress(current, total)
     return None
 
 
-_NUMBERS = (int, float)
+def _finite_number(value: Any) -> bool:
+    # An int of any size is finite (and `math.isfinite` cannot take one past float range).
+    return type(value) is int or (type(value) is float and math.isfinite(value))
 
 
 def validated_task(kind: int, payload: Mapping[str, Any]) -> TaskEvent:
@@ -213,7 +210,7 @@ converter = cattrs.Converter(forbid_extra_keys=False)
 def _structure_number(value: Any, _: type) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected a number, got {type(value).__name__}")
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"expected a finite number, got {value!r}")
     return value
 

@@ -7,6 +7,7 @@ Plain attrs value objects with no I/O. They also answer dict-style reads (`updat
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from fractions import Fraction
 from typing import Any
 
 import attrs
@@ -76,7 +77,10 @@ class Progress(MappingReads):
             return 0.0
         if self.current >= self.total:
             return 1.0
-        return self.current / self.total  # below 1: a float, however big the numbers
+        try:
+            return self.current / self.total
+        except OverflowError:  # a float against an int past float range: exactly, then
+            return float(Fraction(self.current) / Fraction(self.total))
 
 
 @attrs.frozen(slots=False)

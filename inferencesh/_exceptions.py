@@ -260,8 +260,8 @@ class TaskCancelledError(TaskError):
 
 
 class TaskTimeoutError(InferenceshError, TimeoutError):
-    """The task did not end within the time given: a stream's `total_timeout`, or the
-    `timeout` of `wait_for_completion`. The task itself keeps running."""
+    """The task (or agent run) did not end within the time given: a stream's
+    `total_timeout`, or the `timeout` of `wait_for_completion`. It keeps running."""
 
 
 class AgentError(InferenceshError):

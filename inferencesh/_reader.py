@@ -31,14 +31,13 @@ from ._exceptions import (
     APIStatusError,
     EventGapError,
     EventTooLargeError,
-    InferenceshError,
     ProtocolError,
     RetriesExhaustedError,
     StreamInterruptedError,
     TaskTimeoutError,
     TransportError,
 )
-from ._retry import retry_delay
+from ._retry import asks_too_long, may_retry, retry_delay
 from ._streaming import StreamingOptions
 from ._transport import StreamResponse, Transport
 from ._wire import Buffer, Line, header_safe, is_blank, loads, split_lines
@@ -52,6 +51,10 @@ logger = logging.getLogger("inferencesh.stream")
 ACCEPT = "text/event-stream, application/x-ndjson;q=0.9"
 # An integer id longer than this is not a position we could have counted to.
 _MAX_ID_DIGITS = 18
+# A server's SSE `retry:` hint beyond a day means "a long time" (the policy caps it anyway).
+_MAX_RETRY_HINT_MS = 86_400_000
+# The message `aclose` cancels a read with, so the read knows the cancellation is its own.
+_CLOSED = "inferencesh: stream closed"
 
 
 class Record(Protocol):
@@ -85,9 +88,6 @@ class Codec(Protocol[R_co]):
         (a heartbeat). Raises `ProtocolError` for a malformed payload."""
         ...
 
-    def timed_out(self, seconds: float) -> InferenceshError:
-        """The error for a stream that did not end within its `total_timeout`."""
-        ...
 
 
 Start = Callable[[], Awaitable[tuple["Codec[R]", Sequence[R]]]]
@@ -137,29 +137,23 @@ class _Resync(Exception):
     snapshot."""
 
 
-def _fingerprint(data: Buffer) -> Buffer | tuple[int, bytes, bytes]:
-    """What is kept of the last event taken, to tell a replay of it from another event under
-    the same id: the payload itself when small, else its size and both ends (a view of a large
-    event would keep its whole network read alive)."""
-    if isinstance(data, memoryview):
-        return len(data), data[:256].tobytes(), data[-256:].tobytes()
-    return data
-
-
 class _Cursor:
     """Where the reader is in the resource's event log; reader-owned.
 
     `top` is the position (integer id) of the last event taken; an event is taken only if it
-    moves the stream on: a relative event right after `top`, a snapshot at or after it. Under
-    an id already passed the server replays (dropped), unless the payload differs from the one
-    taken under it: then its ids are not positions any more, as with a skipped event, and the
-    stream starts again from a snapshot (`resync`), which may then be at any id.
+    moves the stream on: a relative event right after `top`, a snapshot at or after it. Ids
+    already passed are replays (dropped), but a relative event under `top` itself is compared
+    with the one taken there: another payload means the server's ids are not positions any
+    more, and, as after skipped events, the stream starts again from a snapshot (`resync`),
+    which may then be at any id. Ids are consecutive integers (the emulator's are); other ids
+    are not positions, and events under them are taken as they come.
     """
 
     def __init__(self) -> None:
         self.last_id = ""  # sent as Last-Event-ID; "" when it must not be (not header-safe)
         self.top: int | None = None  # the position of the last event taken
-        self.top_print: object = None  # `_fingerprint` of that event's payload
+        # That event's payload (one event per stream at most), to tell a repeat of it.
+        self.top_data: Buffer | None = None
         self.resync = False  # this connection started afresh: its first snapshot anchors
         self.novel = False  # the current connection brought something new
         self.last_absolute: Buffer | None = None  # the last id-less snapshot, to tell repeats
@@ -187,7 +181,7 @@ class _Cursor:
                         return False  # a stale snapshot: the server replays or rewinds
                     # Else a snapshot at the current position, the end, or the anchor of a
                     # fresh start: taken whatever its id.
-                elif at < top or _fingerprint(data) == self.top_print:
+                elif at < top or data == self.top_data:
                     return False  # taken already: the server replays, repeats or rewinds
                 else:
                     raise _Resync(f"the server sent another event under id {at}")
@@ -196,7 +190,7 @@ class _Cursor:
         if top is None or at > top:
             self.novel = True
         self.top = at
-        self.top_print = data if type(data) is bytes else _fingerprint(data)
+        self.top_data = data
         self.last_id = event_id  # type: ignore[assignment]  # digits: header-safe
         self.resync = False
         return True
@@ -226,7 +220,8 @@ class StreamReader(Generic[R]):
         self._connection: contextlib.AsyncExitStack | None = None
         self._response: StreamResponse | None = None
         self._framer: SSEDecoder | NDJSONFramer | None = None
-        self._reading: asyncio.Task[Any] | None = None
+        self._reading: asyncio.Task[Any] | None = None  # the task in `next_batch`, if any
+        self._read_done: asyncio.Future[None] | None = None  # done when that task leaves
         # The payloads of the last network read not yet decoded, their SSE ids, and a failure
         # met after them (raised or handled once they are taken).
         self._payloads: Sequence[Buffer] = ()
@@ -241,15 +236,17 @@ class StreamReader(Generic[R]):
 
     async def next_batch(self, limit: int = 64) -> list[R] | None:
         """The next events to hand on (at most `limit`), in order; None once the resource has
-        ended (or the reader was closed). Raises from the error tree; the reader is then
-        closed."""
+        ended, or the reader was closed (by `aclose`, from this or any other task). Raises
+        from the error tree; the connection is then closed."""
         if self._ended or self._closed:
             await self._disconnect()
             return None
         loop = asyncio.get_running_loop()
         if self._deadline is None and self._options.total_timeout is not None:
             self._deadline = loop.time() + self._options.total_timeout
-        self._reading = asyncio.current_task()
+        task = asyncio.current_task()
+        done: asyncio.Future[None] = loop.create_future()
+        self._reading, self._read_done = task, done
         scope = asyncio.timeout_at(self._deadline)
         try:
             async with scope:
@@ -264,22 +261,23 @@ class StreamReader(Generic[R]):
             await self._disconnect()
             if not scope.expired():
                 raise
-            seconds = self._options.total_timeout
-            assert seconds is not None
-            if self.codec is None:  # still starting (the POST that creates the resource)
-                message = f"the stream did not start within {seconds} seconds"
-                raise TaskTimeoutError(message) from exc
-            raise self.codec.timed_out(seconds) from exc
+            what = self.codec.label if self.codec is not None else "stream's resource"
+            raise TaskTimeoutError(
+                f"the {what} did not end within {self._options.total_timeout} seconds "
+                "(total_timeout)"
+            ) from exc
+        except asyncio.CancelledError as exc:
+            await self._disconnect()
+            # `aclose` from another task stops this read, not the task it runs in.
+            if exc.args == (_CLOSED,) and task is not None and task.uncancel() == 0:
+                return None
+            raise
         except BaseException:
             await self._disconnect()
             raise
         finally:
             self._reading = None
-
-    @property
-    def closed(self) -> bool:
-        """Whether `aclose` was called."""
-        return self._closed
+            done.set_result(None)
 
     @property
     def _codec(self) -> Codec[R]:
@@ -287,13 +285,14 @@ class StreamReader(Generic[R]):
         return self.codec
 
     async def aclose(self) -> None:
-        """Stop: cancel a read running in another task, and close the connection."""
+        """Stop: a read running in another task ends (its `next_batch` returns None), and the
+        connection is closed."""
         self._closed = True
         reading = self._reading
-        if reading is not None and reading is not asyncio.current_task():
-            reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([reading])
+        done = self._read_done
+        if reading is not None and done is not None and reading is not asyncio.current_task():
+            reading.cancel(_CLOSED)
+            await asyncio.shield(done)
         await self._disconnect()
 
     async def _read(self, limit: int) -> list[R] | None:
@@ -342,8 +341,8 @@ class StreamReader(Generic[R]):
         framer = self._framer
         if isinstance(framer, SSEDecoder):
             self._payloads, self._ids, self._problem = framer.feed_payloads(chunk)
-            if framer.retry is not None:
-                self._retry_hint = framer.retry / 1000
+            if framer.retry is not None:  # ms, however many digits: capped long before floats
+                self._retry_hint = min(framer.retry, _MAX_RETRY_HINT_MS) / 1000
         else:
             assert framer is not None
             (self._payloads, self._problem), self._ids = framer.feed(chunk), None
@@ -364,7 +363,7 @@ class StreamReader(Generic[R]):
             while index < end and len(batch) < limit:
                 data = payloads[index]
                 index += 1
-                if not data or (data.isspace() if type(data) is bytes else is_blank(data)):
+                if is_blank(data):
                     continue  # an empty event, a blank line: no payload
                 payload = loads(data)
                 if ids is not None:
@@ -401,7 +400,7 @@ class StreamReader(Generic[R]):
                 )
             except (TransportError, APIStatusError) as exc:
                 await stack.aclose()
-                if isinstance(exc, APIStatusError) and not exc.retryable:
+                if not may_retry(exc, idempotent=True):
                     raise
                 await self._wait_to_retry(exc)
                 continue
@@ -437,8 +436,8 @@ class StreamReader(Generic[R]):
             self._options, self._failures, retry_after=retry_after, server_hint=self._retry_hint
         )
         if delay is None:
-            if retry_after is not None and self._failures <= self._options.max_retries:
-                raise error  # the server asks for longer than max_retry_after: its own error
+            if asks_too_long(self._options, retry_after):
+                raise error  # rather than sleep that long: the server's own error
             raise RetriesExhaustedError(
                 f"gave up on the {self._codec.label} after {self._failures - 1} reconnect "
                 f"attempts: {error}",

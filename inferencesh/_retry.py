@@ -14,25 +14,43 @@ from typing import Any
 
 import attrs
 
-__all__ = ["RetryPolicy", "compute_backoff", "parse_retry_after", "retry_delay"]
+from ._exceptions import APIStatusError, ConnectError, TransportError, UsageError
+
+__all__ = [
+    "RetryPolicy",
+    "asks_too_long",
+    "compute_backoff",
+    "may_retry",
+    "parse_retry_after",
+    "retry_delay",
+]
+
+
+# Options are checked when they are made: a wrong value is the caller's mistake (UsageError).
+
+
+def _number(attribute: attrs.Attribute[Any], value: Any, bound: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise UsageError(f"{attribute.name} must be a number {bound}, got {value!r}")
+    if math.isinf(value):
+        raise UsageError(f"{attribute.name} must be finite, got {value!r}")
 
 
 def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ValueError(f"{attribute.name} must be a number >= 0, got {value!r}")
-    if math.isinf(value):
-        raise ValueError(f"{attribute.name} must be finite, got {value!r}")
+    _number(attribute, value, ">= 0")
+    if value < 0:
+        raise UsageError(f"{attribute.name} must be a number >= 0, got {value!r}")
 
 
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    _non_negative(_, attribute, value)
-    if value == 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+    _number(attribute, value, "> 0")
+    if value <= 0:
+        raise UsageError(f"{attribute.name} must be a number > 0, got {value!r}")
 
 
 def _count(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{attribute.name} must be an integer >= 0, got {value!r}")
+        raise UsageError(f"{attribute.name} must be an integer >= 0, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -83,6 +101,11 @@ def compute_backoff(
     return delay
 
 
+def asks_too_long(policy: RetryPolicy, retry_after: float | None) -> bool:
+    """Whether a server's `Retry-After` asks for a longer wait than the policy honours."""
+    return retry_after is not None and retry_after > policy.max_retry_after
+
+
 def retry_delay(
     policy: RetryPolicy,
     attempt: int,
@@ -91,12 +114,22 @@ def retry_delay(
     server_hint: float | None = None,
 ) -> float | None:
     """Seconds to wait before retry `attempt`, or None when it must not be made: the retries
-    are used up, or the server asked for a wait longer than `policy.max_retry_after`."""
-    if attempt > policy.max_retries:
-        return None
-    if retry_after is not None and retry_after > policy.max_retry_after:
+    are used up, or the server asked for too long a wait (`asks_too_long`)."""
+    if attempt > policy.max_retries or asks_too_long(policy, retry_after):
         return None
     return compute_backoff(policy, attempt, server_hint=server_hint, retry_after=retry_after)
+
+
+def may_retry(error: BaseException, *, idempotent: bool) -> bool:
+    """Whether a failed request may be sent again: always when it cannot have reached the
+    server's logic (the connection was refused, or 429: not processed); otherwise only an
+    idempotent request, after a network failure or a 5xx answer. Anything else (another 4xx,
+    a protocol error) is final."""
+    if isinstance(error, ConnectError):
+        return True
+    if isinstance(error, APIStatusError):
+        return error.status == 429 or (idempotent and error.retryable)
+    return idempotent and isinstance(error, TransportError)
 
 
 _MONTHS = {

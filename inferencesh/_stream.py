@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from ._reader import Codec, StreamReader
 
-__all__ = ["ItemStream", "MakeView", "View", "items_of"]
+__all__ = ["ItemStream", "Items", "MakeView", "View"]
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -33,24 +33,34 @@ MakeView = Callable[[Codec[Any]], View[T]]
 """Builds the view of a stream once its reader knows the resource (after its first batch)."""
 
 
-def items_of(view: View[T], batch: Sequence[Any]) -> list[T]:
-    """Everything a batch of events adds for the consumer, in order."""
-    items: list[T] = []
-    for event in batch:
-        items += view.apply(event)
-    return items
+class Items(Generic[T]):
+    """What a stream's batches give its consumer, through the view (made from the reader's
+    codec once the first batch is in). Owned by the consumer."""
+
+    def __init__(self, reader: StreamReader[Any], make_view: MakeView[T]) -> None:
+        self._reader = reader
+        self._make_view = make_view
+        self._view: View[T] | None = None
+
+    def of(self, batch: Sequence[Any]) -> list[T]:
+        """Everything `batch` adds for the consumer, in order."""
+        view = self._view
+        if view is None:
+            assert self._reader.codec is not None
+            view = self._view = self._make_view(self._reader.codec)
+        items: list[T] = []
+        for event in batch:
+            items += view.apply(event)
+        return items
 
 
 async def _items(reader: StreamReader[Any], make_view: MakeView[T]) -> AsyncGenerator[T, None]:
     # A module function, not a method: the generator must not keep its stream alive (a cycle
     # would hold the connection open after `break` until the collector ran).
-    view: View[T] | None = None
+    items = Items(reader, make_view)
     try:
         while (batch := await reader.next_batch()) is not None:
-            if view is None:
-                assert reader.codec is not None
-                view = make_view(reader.codec)
-            for item in items_of(view, batch):
+            for item in items.of(batch):
                 yield item
     finally:
         await reader.aclose()

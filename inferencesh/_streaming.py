@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 
+from ._exceptions import UsageError
 from ._retry import RetryPolicy, _positive
 
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "StreamingOptions"]
@@ -20,7 +21,7 @@ def _optional_positive(_: object, attribute: attrs.Attribute[Any], value: float 
 
 def _size(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.name} must be an integer >= 1, got {value!r}")
+        raise UsageError(f"{attribute.name} must be an integer >= 1, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)

@@ -2,11 +2,12 @@
 
 No protocol logic lives here. Each call hands an `AsyncInference` coroutine to the client's own
 event loop (an anyio blocking portal on a daemon thread) and waits for it. A stream is the same
-`ItemStream` the async client iterates: its reader runs on the loop thread, one batch ahead of
-the consumer, and its view runs here, in the consumer's thread. An agent's callbacks run here
-too, called by the async client's own dispatch loop through `_relay`. Leaving a call by any
-exception, KeyboardInterrupt included, cancels the work on the loop thread; closing a stream or
-the client from another thread (or at exit) ends what is waiting on it cleanly.
+reader and view the async client uses: the reader runs on the loop thread, a batch of events
+per hand-off, and the view turns them into updates here, in the consumer's thread. An agent's
+callbacks run here too, called by the async client's own dispatch loop through `_relay`.
+Leaving a call by any exception, KeyboardInterrupt included, cancels the work on the loop
+thread; closing a stream or the client from another thread (or at exit) ends what is waiting
+on it cleanly.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from ._agent import AgentEvent, AsyncAgent, ChatMessage, MessageCallback, ToolCallCallback
 from ._async_client import DEFAULT_REQUEST_RETRY, AsyncInference, Params
 from ._events import TaskUpdate
-from ._exceptions import UsageError
+from ._exceptions import InferenceshError, UsageError
 from ._reader import StreamReader
 from ._retry import RetryPolicy
-from ._stream import ItemStream, MakeView, View, items_of
+from ._stream import Items, ItemStream, MakeView
 from ._streaming import StreamingOptions
 
 __all__ = ["Agent", "Inference", "SyncStream", "inference"]
@@ -43,8 +44,6 @@ _live_clients: weakref.WeakSet[Inference] = weakref.WeakSet()
 # Objects that belonged to a parent process's event loop. A forked child keeps them alive but
 # never touches them: finalizing them would warn about sessions the child cannot close.
 _orphans: list[object] = []
-# How long a Ctrl-C waits for the loop to finish what it must do first (stop an agent's run).
-_CLEANUP_WAIT = 10.0
 
 
 class _Closed(Exception):
@@ -54,9 +53,10 @@ class _Closed(Exception):
 class SyncStream(Iterator[T]):
     """A blocking iterator over a stream whose reader runs on the client's loop thread.
 
-    Leaving the loop early (`break`, an exception, Ctrl-C) closes the connection, because the
-    `for` loop drops the iterator; so do `close()` and the `with` block. `close()` may be
-    called from any thread: an iteration waiting in another thread then ends cleanly.
+    Leaving the loop early (`break`, an exception, Ctrl-C) closes the connection as soon as
+    the stream object is dropped: at once in `for update in client.run(..., stream=True)`.
+    `close()` and the `with` block close it at once, and `close()` (or the client's) may be
+    called from any thread: an iteration in another thread then ends cleanly.
     """
 
     def __init__(self, client: Inference, stream: ItemStream[T]) -> None:
@@ -96,20 +96,23 @@ def _iterate(
     client: Inference, reader: StreamReader[Any], make_view: MakeView[T]
 ) -> Generator[T, None, None]:
     # Only this generator's thread runs it; other threads stop it through the reader (whose
-    # `aclose` ends a read waiting here), never by closing the generator itself.
-    view: View[T] | None = None
+    # `aclose` ends a read waiting here) or the client, never by closing the generator.
+    items = Items(reader, make_view)
+    started = False
     try:
         while True:
             try:
                 batch = client._wait(client._start(reader.next_batch, _SYNC_BATCH))
             except _Closed:
-                return  # closed from another thread, or at exit
+                return  # the client was closed while this thread waited (or at exit)
+            except UsageError:
+                if started and client.closed:
+                    return  # ... or while this thread was busy with the last items
+                raise
             if batch is None:
                 return
-            if view is None:
-                assert reader.codec is not None
-                view = make_view(reader.codec)
-            yield from items_of(view, batch)
+            started = True
+            yield from items.of(batch)
     finally:
         if not reader.ended:  # stopped early: release the connection
             client._close_soon(reader.aclose)
@@ -164,6 +167,11 @@ class Inference:
     def streaming_options(self) -> StreamingOptions:
         """The options streams use when a call passes none."""
         return self._async.streaming_options
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds a REST call may take, its retries included (None: no limit)."""
+        return self._async.timeout
 
     # -- the loop thread ----------------------------------------------------------------------
 
@@ -231,7 +239,10 @@ class Inference:
 
             return call
 
+        running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any] | None]] = []
+
         async def run() -> T:
+            running.append((asyncio.get_running_loop(), asyncio.current_task()))
             try:
                 return await fn(*args, **{name: relayed(cb) for name, cb in callbacks.items()})
             finally:
@@ -239,18 +250,23 @@ class Inference:
 
         done = self._start(run)
         interrupted: BaseException | None = None
+        cleanup = self._async.timeout  # the work left to do is a REST call at most
         try:
             while interrupted is None and (request := requests.get()) is not None:
                 interrupted = _answer(*request)
         except BaseException:
             # Ctrl-C while waiting: stop the work, and let it finish what it must (stop the
-            # agent's run) before this thread goes on.
-            done.cancel()
-            _drain(requests, _CLEANUP_WAIT)
+            # agent's run) before this thread goes on. The task is cancelled once, as asyncio
+            # does, so its clean-up runs; cancelling `done` would cancel that clean-up too.
+            if running and running[0][1] is not None:
+                _to_loop(running[0][0], running[0][1].cancel)
+            else:
+                done.cancel()
+            _drain(requests, cleanup)
             raise
         if interrupted is not None:
             # The loop was told, and ends the work as after any failed callback: wait for that.
-            _drain(requests, _CLEANUP_WAIT)
+            _drain(requests, cleanup)
             raise interrupted
         try:
             return self._wait(done)
@@ -409,9 +425,16 @@ class Agent:
         self._client._call(self._async.stop)
 
 
-class CallbackInterrupted(Exception):
+class _CallbackInterrupted(InferenceshError):
     """A callback run by the blocking client was interrupted (Ctrl-C, SystemExit, ...); the
     interruption itself is raised in the caller's thread once the loop has cleaned up."""
+
+
+def _to_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: Any) -> None:
+    """Have `loop` run `fn(*args)`; nothing when the loop is gone (the client was closed,
+    which ended whatever `fn` was for)."""
+    with contextlib.suppress(RuntimeError):  # "Event loop is closed"
+        loop.call_soon_threadsafe(fn, *args)
 
 
 def _answer(
@@ -427,12 +450,12 @@ def _answer(
                 result.close()  # never awaited: close it so it does not warn
             raise UsageError("the blocking agent takes plain callbacks, not async ones")
     except Exception as exc:
-        loop.call_soon_threadsafe(_settle, future, exc, None)
+        _to_loop(loop, _settle, future, exc, None)
     except BaseException as exc:
-        loop.call_soon_threadsafe(_settle, future, CallbackInterrupted(repr(exc)), None)
+        _to_loop(loop, _settle, future, _CallbackInterrupted(repr(exc)), None)
         return exc
     else:
-        loop.call_soon_threadsafe(_settle, future, None, result)
+        _to_loop(loop, _settle, future, None, result)
     return None
 
 
@@ -447,14 +470,14 @@ def _settle(future: asyncio.Future[Any], error: BaseException | None, result: An
 
 def _drain(
     requests: queue.SimpleQueue[tuple[Callable[[Any], Any], Any, asyncio.Future[Any]] | None],
-    timeout: float,
+    timeout: float | None,
 ) -> None:
-    """Wait (bounded) for relayed work to finish after it was cancelled, refusing any callback
-    it still asks for."""
+    """Wait (up to `timeout`, the client's) for relayed work to finish after it was stopped,
+    refusing any callback it still asks for."""
     with contextlib.suppress(queue.Empty):  # the bound passed: go on without it
         while (request := requests.get(timeout=timeout)) is not None:
             future = request[2]
-            future.get_loop().call_soon_threadsafe(future.cancel)
+            _to_loop(future.get_loop(), future.cancel)
 
 
 def _bind(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> Callable[[], Awaitable[T]]:

@@ -6,7 +6,9 @@ blocking client) and keeps what was handed out: log lines (counted by their abso
 the task's log), the status, the progress and the intermediate output. Snapshots say where the
 log is; partial updates add lines after the position the last snapshot gave. So replayed
 snapshots, stale snapshots after a rewind and fresh snapshots from servers that do not replay
-all yield nothing twice, and a status never goes backwards.
+all yield no line twice, and a status never goes backwards. While the log's position is behind
+the lines already given, the stream is replaying the past: its progress, intermediate outputs
+and deltas are old too, and are not given again.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from urllib.parse import quote
 
 from ._converters import _ABSENT, DELTA, SNAPSHOT, TaskEvent, structure_task
 from ._events import Progress, TaskUpdate, new_update
-from ._exceptions import InferenceshError, TaskTimeoutError
 from ._status import TaskStatus
 
 __all__ = ["TaskCodec", "TaskView", "merge_delta", "update_of"]
@@ -39,9 +40,6 @@ class TaskCodec:
         """The task event in a decoded stream payload (see `structure_task`)."""
         return structure_task(payload, self.task_id)
 
-    def timed_out(self, seconds: float) -> InferenceshError:
-        """The error for a task stream that passed its `total_timeout`."""
-        return TaskTimeoutError(f"task {self.task_id} did not finish within {seconds} seconds")
 
 
 class TaskView:
@@ -75,11 +73,16 @@ class TaskView:
             if end > self.delivered:
                 new_logs = tuple(logs[self.delivered - start :] if self.delivered > start else logs)
                 self.delivered = end
+        replaying = self.position < self.delivered
         progress = event.progress
-        if progress is None or (
-            (last := self.progress) is not None
-            and progress.current == last.current
-            and progress.total == last.total
+        if (
+            progress is None
+            or replaying
+            or (
+                (last := self.progress) is not None
+                and progress.current == last.current
+                and progress.total == last.total
+            )
         ):
             progress_changed = False
         else:
@@ -87,7 +90,7 @@ class TaskView:
             progress_changed = True
         terminal = event.final
         partial_output = None
-        if not terminal:
+        if not (terminal or replaying):
             # A running task's output is intermediate; only a finished task has its final one.
             candidate = event.partial_output
             if candidate is _ABSENT:
@@ -111,6 +114,8 @@ class TaskView:
         )
 
     def _delta(self, event: TaskEvent) -> tuple[TaskUpdate, ...]:
+        if self.position < self.delivered:
+            return _NOTHING  # replaying the past: this piece was given already
         self.delta = self.partial_output = merge_delta(self.delta, event.output)
         return (
             new_update(

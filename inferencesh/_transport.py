@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -32,7 +33,7 @@ from ._exceptions import (
     UsageError,
     status_error,
 )
-from ._retry import RetryPolicy, parse_retry_after, retry_delay
+from ._retry import RetryPolicy, may_retry, parse_retry_after, retry_delay
 from ._streaming import StreamingOptions
 from ._version import __version__
 from ._wire import loads
@@ -130,17 +131,6 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _may_retry(error: InferenceshError, idempotent: bool) -> bool:
-    """Whether a failed request may be sent again: always when it cannot have reached the
-    server's logic (the connection was refused, or 429: not processed); otherwise only an
-    idempotent request, after a network failure or a 5xx answer."""
-    if isinstance(error, ConnectError):
-        return True
-    if isinstance(error, APIStatusError):
-        return error.status == 429 or (idempotent and error.status >= 500)
-    return idempotent and isinstance(error, TransportError)
-
-
 class StreamResponse:
     """An open streaming response: its content type, and reads bounded by the idle timeout."""
 
@@ -168,9 +158,6 @@ class StreamResponse:
         with map_errors():
             return self._response.content.read_nowait(self._chunk_size)
 
-    def close(self) -> None:
-        """Drop the connection now (it is not returned to the pool mid-body)."""
-        self._response.close()
 
 
 class Transport:
@@ -209,6 +196,11 @@ class Transport:
     def closed(self) -> bool:
         """Whether `aclose()` was called."""
         return self._closed
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds a REST call may take, its retries included."""
+        return self._timeout
 
     async def session(self) -> aiohttp.ClientSession:
         """The client's session, created on first use in the running loop."""
@@ -273,13 +265,14 @@ class Transport:
         """
         if idempotent is None:
             idempotent = method in ("GET", "HEAD", "DELETE")
+        body = None if json_body is None else _encode(json_body)
         deadline = asyncio.timeout(self._timeout)
         try:
             async with deadline:
                 attempt = 0
                 while True:
                     try:
-                        return await self._send(method, path, json_body)
+                        return await self._send(method, path, body)
                     except (TransportError, APIStatusError) as error:
                         attempt += 1
                         delay = retry_delay(
@@ -288,7 +281,7 @@ class Transport:
                         when = deadline.when()
                         if (
                             delay is None
-                            or not _may_retry(error, idempotent)
+                            or not may_retry(error, idempotent=idempotent)
                             or (
                                 when is not None
                                 and asyncio.get_running_loop().time() + delay > when
@@ -312,11 +305,14 @@ class Transport:
                 f"{method} {path} got no complete answer within {self._timeout} seconds"
             ) from exc
 
-    async def _send(self, method: str, path: str, json_body: Any) -> Any:
+    async def _send(self, method: str, path: str, body: bytes | None) -> Any:
         session = await self.session()
         started = time.monotonic()
+        headers = None if body is None else _JSON_HEADERS
         with map_errors():
-            async with session.request(method, self.base_url + path, json=json_body) as resp:
+            async with session.request(
+                method, self.base_url + path, data=body, headers=headers
+            ) as resp:
                 if resp.status >= 400:
                     body = await resp.content.read(_MAX_ERROR_BODY)
                     raise _status_error(resp, body)
@@ -364,6 +360,18 @@ class Transport:
         finally:
             resp.close()
             await ctx.__aexit__(None, None, None)
+
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def _encode(value: Any) -> bytes:
+    """A request body as JSON; a value JSON cannot hold (NaN, a set, an object) is the caller's
+    mistake, said before anything is sent."""
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise UsageError(f"the request body cannot be sent as JSON: {exc}") from None
 
 
 def _status_error(resp: aiohttp.ClientResponse, body: bytes) -> APIStatusError:

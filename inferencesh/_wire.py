@@ -115,10 +115,12 @@ def header_safe(value: str) -> bool:
     )
 
 
-# How many lines `split_lines` looks at before it decides how to cut a chunk, and from which
-# average length lines are cut as views of the chunk rather than copied out.
+# How many lines `split_lines` looks at before it decides how to cut a chunk; past which
+# average length the chunk's lines are cut as views rather than split out; and the length from
+# which a line is a view (shorter ones are copied: a small copy is cheaper than a view).
 _FEW_LINES = 32
-_LONG_LINE = 512
+_LONG_LINES = 512
+_VIEW_FROM = 1024
 
 Line = bytes | memoryview
 
@@ -130,15 +132,15 @@ def split_lines(chunk: bytes) -> tuple[list[Line], bytes, bool]:
     Many short lines are copied out by one C-level split. Long lines (large events: an image
     preview) are cut as views of the chunk instead, found with `find` (memchr speed): copying
     them out would allocate and fill a fresh block per line. A chunk of more than `_FEW_LINES`
-    lines that are short on average is split; otherwise its lines are views (the short ones
-    among them copied, as views cost more than small copies).
+    lines that are short on average is split; otherwise its lines longer than `_VIEW_FROM`
+    are views and the others copies.
     """
     ends: list[int] = []
     find = chunk.find
     at = find(b"\n")
     while at >= 0:
         ends.append(at)
-        if len(ends) == _FEW_LINES and at < _FEW_LINES * _LONG_LINE:
+        if len(ends) == _FEW_LINES and at < _FEW_LINES * _LONG_LINES:
             lines: list[Line] = list(chunk.split(b"\n"))
             tail = lines.pop()
             assert isinstance(tail, bytes)
@@ -151,7 +153,7 @@ def split_lines(chunk: bytes) -> tuple[list[Line], bytes, bool]:
     lines = []
     copied = True
     for end in ends:
-        if end - start > 1024:
+        if end - start > _VIEW_FROM:
             lines.append(view[start:end])
             copied = False
         else:

@@ -158,12 +158,13 @@ class SSEDecoder:
             out = self._decode(chunk)
         except _TooLong as failure:
             out = failure.dispatched
-            return out.datas, out.fresh_ids, self._error(out)
+            # The caller has these events as payloads: the error need not carry them again.
+            return out.datas, out.fresh_ids, self._error(_Dispatched())
         return out.datas, out.fresh_ids, None
 
     def _error(self, dispatched: _Dispatched) -> SSELineTooLongError:
         return SSELineTooLongError(
-            f"an SSE line or event exceeded max_line_bytes={self._max_line_bytes}",
+            f"an SSE line or event is longer than {self._max_line_bytes} bytes",
             events=_events(dispatched),
         )
 

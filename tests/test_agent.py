@@ -277,3 +277,56 @@ async def test_a_cancelled_async_send_message_stops_the_run(server: str) -> None
             await agent.submit_tool_result(call.id, "ok")
 
         assert "again" in (await agent.send_message("again", on_tool_call=answer)).text
+
+
+def test_ctrl_c_while_the_blocking_agent_waits_stops_the_run(client: Inference) -> None:
+    """Ctrl-C while `send_message` waits for the agent (not inside a callback): the run is
+    stopped before KeyboardInterrupt reaches the caller, so the chat takes the next message."""
+    import os
+    import signal
+
+    agent = client.agent(AGENT)
+    handed = threading.Event()
+
+    def leave_it(call: ToolCall) -> None:
+        handed.set()  # and answer nothing: the agent waits for this tool's result
+
+    def interrupt() -> None:
+        if handed.wait(10):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        agent.send_message("hello", on_tool_call=leave_it)
+    assert "again" in agent.send_message("again", on_tool_call=_answers(agent)).text
+
+
+def test_a_callback_that_closes_the_client_ends_in_usage_error(server: str) -> None:
+    """A callback that closes the client under its own call: the call ends with UsageError,
+    never a raw 'Event loop is closed'."""
+    client = inference(api_key="k", base_url=server)
+    agent = client.agent(AGENT)
+
+    def closing(message: MessageEvent) -> None:
+        client.close()
+
+    with pytest.raises(UsageError, match="closed"):
+        agent.send_message("hello", on_message=closing)
+
+
+@pytest.mark.anyio
+async def test_an_agent_runs_total_timeout_is_a_task_timeout() -> None:
+    """`total_timeout` on an agent's stream raises TaskTimeoutError, as on a task's."""
+    import inferencesh
+
+    emu = fast_emulator(tool_timeout=5.0)
+    with serve_in_thread(emu) as url:
+        async with async_inference(api_key="k", base_url=url) as client:
+            options = inferencesh.StreamingOptions(total_timeout=0.3)
+            agent = client.agent(AGENT, options=options)
+
+            async def never(call: ToolCall) -> None:
+                pass
+
+            with pytest.raises(inferencesh.TaskTimeoutError, match="chat"):
+                await agent.send_message("slow tool", on_tool_call=never)

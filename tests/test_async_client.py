@@ -36,6 +36,7 @@ from inferencesh.local import Emulator, serve_in_thread
 pytestmark = pytest.mark.anyio
 
 SIM = {"app": "infsh/flux-schnell", "input": {"prompt": "A mountain"}}
+HOLD = {"app": "x/y", "input": {"sim": {"hold": True}}}
 
 
 @pytest.fixture
@@ -444,3 +445,30 @@ def test_unclosed_client_in_asyncio_run_is_silent(server: str) -> None:
     assert "completed\n" == proc.stdout
     assert "" == proc.stderr
     assert 0 == proc.returncode
+
+
+async def test_params_json_cannot_hold_are_a_usage_error(server: str, emu: Emulator) -> None:
+    """An input JSON cannot carry (NaN, a set, an object) is refused before anything is sent."""
+    async with async_inference(api_key="k", base_url=server) as client:
+        for bad in (float("nan"), {1, 2}, object()):
+            with pytest.raises(UsageError, match="JSON"):
+                await client.run({"app": "a/b", "input": {"x": bad}}, wait=False)
+    assert 0 == len(emu.tasks)
+
+
+async def test_wait_for_completion_keeps_the_clients_total_timeout(server: str) -> None:
+    """Without a `timeout` of its own, wait_for_completion keeps the client's total_timeout."""
+    options = StreamingOptions(total_timeout=0.3, retry_delay=0.0, retry_jitter=0.0)
+    async with async_inference(api_key="k", base_url=server, streaming_options=options) as c:
+        created = await c.run(HOLD, wait=False)
+        with pytest.raises(inferencesh.TaskTimeoutError):
+            await c.wait_for_completion(created.id)
+        await c.cancel_task(created.id)
+
+
+def test_invalid_options_are_a_usage_error() -> None:
+    """Options are checked when made: a wrong value is a UsageError naming the field."""
+    with pytest.raises(UsageError, match="total_timeout"):
+        StreamingOptions(total_timeout=0)
+    with pytest.raises(UsageError, match="chunk_size"):
+        StreamingOptions(chunk_size=0)

@@ -19,7 +19,9 @@ class Event(NamedTuple):
 SNAPSHOT, PARTIAL = Event(True), Event(False)
 
 
-def take(cursor: _Cursor, event: Event, event_id: str | None, data: bytes = b"{}") -> bool:
+def take(
+    cursor: _Cursor, event: Event, event_id: str | None, data: bytes | memoryview = b"{}"
+) -> bool:
     return cursor.admit(event, event_id, data)
 
 
@@ -126,3 +128,13 @@ def test_taken_ids_only_ever_go_up_by_one(ids: list[int]) -> None:
             break
     first = taken[0] if taken else 1
     assert list(range(first, first + len(taken))) == taken
+
+
+def test_a_repeat_is_known_whether_it_comes_as_bytes_or_as_a_view() -> None:
+    """A long event is a view of its network read when the read holds all of it, and joined
+    bytes when it was cut across reads: a repeat is the same payload either way."""
+    payload = b'{"data": {"logs": ["' + b"x" * 3000 + b'"]}, "fields": ["logs"]}'
+    for first, again in ((payload, memoryview(payload)), (memoryview(payload), payload)):
+        cursor = _Cursor()
+        assert take(cursor, PARTIAL, "2", first)
+        assert not take(cursor, PARTIAL, "2", again)

@@ -36,8 +36,9 @@ FIELD_NAMES = [
     "error",
     "session_id",
 ]
-# Keys structure_task gives meaning to; `data` + `fields` together mark a partial update.
-KNOWN_KEYS = {*FIELD_NAMES, "data", "fields"}
+# Keys structure_task gives meaning to; `data` + `fields` together mark a partial update, and
+# `event` and `type` name other kinds of payload (a delta, a heartbeat).
+KNOWN_KEYS = {*FIELD_NAMES, "data", "fields", "event", "type"}
 
 
 def _update(**raw_extra: Any) -> TaskUpdate:

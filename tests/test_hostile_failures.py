@@ -370,6 +370,8 @@ HUGE = "1" + "0" * 399
         f'{{"current": 1, "total": {HUGE}}}',
         f'{{"current": {HUGE}, "total": 3}}',
         f'{{"current": {HUGE}, "total": {HUGE}}}',
+        f'{{"current": 0.5, "total": {HUGE}}}',
+        f'{{"current": {HUGE}, "total": 2.5}}',
     ],
 )
 async def test_huge_integer_progress(decoder: str, framing: Framing, progress: str) -> None:
@@ -649,3 +651,28 @@ async def test_wait_for_completion_timeout() -> None:
     for found, seconds in ((error, elapsed), (sync_error, sync_elapsed)):
         assert isinstance(found, TaskTimeoutError), repr(found)
         assert 0.4 <= seconds < 2.0
+
+
+@pytest.mark.parametrize("digits", [400, 5000])
+async def test_a_huge_sse_retry_hint_is_just_a_long_wait(digits: int) -> None:
+    """`retry: 1000...0` (hundreds of digits) sets a long base, which the policy caps: the
+    stream reconnects after `max_retry_delay`, with no OverflowError."""
+    connections = 0
+
+    async def long_hint(exchange: Exchange) -> None:
+        nonlocal connections
+        connections += 1
+        await exchange.start(content_type("sse"))
+        if connections == 1:
+            await exchange.send(b"retry: 1" + b"0" * digits + b"\n\n" + encode("sse", TASK, "1"))
+            await exchange.finish()  # ends before the task: a reconnect is due
+        else:
+            done = {"id": "t1", "status": 10, "logs": [], "output": {"ok": True}}
+            await exchange.send(encode("sse", done, "2"))
+            await exchange.finish()
+
+    async with connected(long_hint) as (_server, client):
+        with anyio.fail_after(10):
+            updates = await drain(client.stream_task("t1", options(max_retry_delay=0.05)))
+    assert 2 == connections
+    assert {"ok": True} == updates[-1].output

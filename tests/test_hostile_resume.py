@@ -327,3 +327,81 @@ async def test_safe_opaque_event_ids_are_sent_back(client: str, framing: Framing
     check_nothing_twice(updates)
     check_once(updates, SCRIPT)
     assert "ev:4/" + "y" * 1000 == server.requests[1].headers["last-event-id"]
+
+
+@pytest.mark.parametrize("framing", ["sse", "ndjson"])
+async def test_a_repeat_of_a_long_event_is_known_whatever_the_reads(framing: Framing) -> None:
+    """The event last taken, longer than a read's view threshold and cut across two reads
+    (so held as joined bytes), comes again after a cut in one read (so as a view): it is a
+    repeat, dropped, not "another event under the same id" (no fresh reconnect, no gap)."""
+    big = "x" * 3000
+    events = {
+        1: {"id": "t1", "status": 7, "logs": []},
+        2: {"data": {"id": "t1", "status": 7, "logs": [big]}, "fields": ["logs"]},
+        3: {"data": {"id": "t1", "status": 7, "logs": ["small"]}, "fields": ["logs"]},
+        4: {"id": "t1", "status": 10, "logs": [big, "small"], "output": {"ok": 1}},
+    }
+    seen: list[str | None] = []
+    delivered = asyncio.Event()
+
+    async def handler(exchange: Any) -> None:
+        seen.append(exchange.request.headers.get("last-event-id"))
+        await exchange.start(content_type(framing))
+        if len(seen) == 1:
+            await exchange.send(encode(framing, events[1], "1"))
+            data = encode(framing, events[2], "2")
+            await exchange.send(data[:1500])
+            await exchange.send(data[1500:])
+            await delivered.wait()
+            await exchange.cut()
+            return
+        await exchange.send(b"".join(encode(framing, events[n], str(n)) for n in (2, 3, 4)))
+        await exchange.finish()
+
+    def on_update(update: TaskUpdate) -> None:
+        if update.logs:
+            delivered.set()
+
+    async with serving(handler) as server:
+        with anyio.fail_after(10):
+            updates = await stream_updates("async", server.url, on_update=on_update)
+    assert [big, "small"] == all_logs(updates)
+    assert [None, "2"] == seen
+
+
+@pytest.mark.parametrize("framing", ["sse", "ndjson"])
+async def test_a_fresh_start_that_replays_from_the_beginning_gives_nothing_old(
+    framing: Framing,
+) -> None:
+    """A gap heals through a fresh connection, and that server replays from event 1: the
+    lines stay exact, and progress and intermediate outputs never go back or come twice."""
+    seen: list[str | None] = []
+    delivered = asyncio.Event()
+
+    async def handler(exchange: Any) -> None:
+        seen.append(exchange.request.headers.get("last-event-id"))
+        await exchange.start(content_type(framing))
+        if len(seen) == 1:
+            for event in (1, 2, 3, 4):
+                await exchange.send(encode(framing, SCRIPT.payload(event), str(event)))
+            await delivered.wait()
+            await exchange.cut()
+        elif len(seen) == 2:  # skips event 5
+            for event in range(6, SCRIPT.last + 1):
+                await exchange.send(encode(framing, SCRIPT.payload(event), str(event)))
+            await exchange.finish()
+        else:  # fresh: replays everything from the first snapshot
+            for event in range(1, SCRIPT.last + 1):
+                await exchange.send(encode(framing, SCRIPT.payload(event), str(event)))
+            await exchange.finish()
+
+    def on_update(update: TaskUpdate) -> None:
+        if update.progress is not None and update.progress.current == 3:
+            delivered.set()
+
+    async with serving(handler) as server:
+        with anyio.fail_after(10):
+            updates = await stream_updates("async", server.url, on_update=on_update)
+    check_once(updates, SCRIPT)
+    check_nothing_twice(updates)
+    assert [None, "4", None] == seen

@@ -149,3 +149,60 @@ def test_blocking_stream_close_before_any_event() -> None:
         assert iteration.ended()
     assert iteration.error is None, repr(iteration.error)
     assert [] == iteration.updates
+
+
+def test_closing_the_client_while_the_consumer_is_busy_ends_the_iteration() -> None:
+    """The consumer is busy with an update (not waiting) when another thread closes the
+    client: its next step ends the loop cleanly, no UsageError."""
+    with serve_in_thread(one_event_then_heartbeats) as server:
+        client = inferencesh.inference(api_key="k", base_url=server.url)
+        busy, closed = threading.Event(), threading.Event()
+        got: list[Any] = []
+
+        def consume() -> None:
+            try:
+                for update in client.stream_task("t1"):
+                    got.append(update)
+                    busy.set()
+                    closed.wait(BOUND)  # still handling this update when the client closes
+            except BaseException as exc:
+                got.append(exc)
+
+        thread = threading.Thread(target=consume, daemon=True)
+        thread.start()
+        assert busy.wait(BOUND)
+        client.close()
+        closed.set()
+        thread.join(BOUND)
+        assert not thread.is_alive()
+    assert [TaskUpdate] == [type(item) for item in got]
+
+
+@pytest.mark.anyio
+async def test_async_aclose_from_another_task_ends_only_the_iteration() -> None:
+    """`aclose()` from another task ends the consumer's `async for` (as the end of the stream
+    would); the consumer's task itself is not cancelled and carries on."""
+    from hostile import serving
+
+    async with (
+        serving(one_event_then_heartbeats) as server,
+        inferencesh.async_inference(api_key="k", base_url=server.url) as client,
+    ):
+        stream = client.stream_task("t1")
+        first = asyncio.Event()
+        after: list[str] = []
+
+        async def consume() -> None:
+            async for _update in stream:
+                first.set()
+            after.append("loop ended")
+            await asyncio.sleep(0)
+            after.append("task goes on")
+
+        task = asyncio.create_task(consume())
+        async with asyncio.timeout(BOUND):
+            await first.wait()
+            await stream.aclose()
+            await task
+    assert ["loop ended", "task goes on"] == after
+    assert not task.cancelled()

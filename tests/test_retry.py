@@ -87,9 +87,12 @@ def test_retry_delay_gives_up_after_max_retries_and_on_a_long_retry_after() -> N
             {"max_retry_after": math.inf}, {"retry_delay": math.nan}, {"max_retries": 1.5}],
 )  # fmt: skip
 def test_policy_refuses_nonsense(bad: dict[str, Any]) -> None:
-    """Negative, zero-backoff, infinite or NaN settings are refused at construction."""
-    with pytest.raises(ValueError, match=next(iter(bad))):
+    """Negative, zero-backoff, infinite or NaN settings are refused at construction, with the
+    SDK's UsageError (the caller's mistake), not a bare ValueError."""
+    with pytest.raises(inferencesh.UsageError, match=next(iter(bad))):
         RetryPolicy(**bad)
+    with pytest.raises(inferencesh.UsageError, match=next(iter(bad))):
+        StreamingOptions(**bad)
 
 
 def test_streaming_options_are_a_retry_policy() -> None:
