@@ -148,7 +148,6 @@ class ChatCodec:
         return None
 
 
-
 class ChatView:
     """What the caller of one `send_message` has been given, across reconnects."""
 

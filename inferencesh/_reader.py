@@ -89,7 +89,6 @@ class Codec(Protocol[R_co]):
         ...
 
 
-
 Start = Callable[[], Awaitable[tuple["Codec[R]", Sequence[R]]]]
 """What opens a stream: it finds the resource (a POST, or nothing to do) and returns its
 codec with the events already in hand (the POST's answer), which come first."""

@@ -41,7 +41,6 @@ class TaskCodec:
         return structure_task(payload, self.task_id)
 
 
-
 class TaskView:
     """What the consumer of one task's stream has been given so far, across connections."""
 

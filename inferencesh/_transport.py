@@ -159,7 +159,6 @@ class StreamResponse:
             return self._response.content.read_nowait(self._chunk_size)
 
 
-
 class Transport:
     """One connection pool per client, created lazily inside the running event loop.
 
