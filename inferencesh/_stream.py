@@ -67,8 +67,9 @@ async def _items(reader: StreamReader[Any], make_view: MakeView[T]) -> AsyncGene
 
 
 class ItemStream(AsyncIterator[T]):
-    """A stream's items for `async for`. Leaving early (`break`, an exception, cancellation)
-    or reaching the end closes the connection; so do `aclose()` and `async with`."""
+    """A stream's items for `async for`. Reaching the end, an exception or cancellation closes
+    the connection; leaving early with `break` closes it once the stream is dropped (at once
+    in `async for u in client.run(...)`); `aclose()` and `async with` close it at once."""
 
     def __init__(self, reader: StreamReader[Any], make_view: MakeView[T]) -> None:
         self.reader = reader
