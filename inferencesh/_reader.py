@@ -196,8 +196,9 @@ class _Cursor:
 
 
 class StreamReader(Generic[R]):
-    """The loop side of a stream: batches of new events, one per network read, until the
-    resource ends. Use from one task at a time; `aclose` may be called from any task."""
+    """The loop side of a stream: batches of new events (what has arrived, up to a limit)
+    until the resource ends. Use from one task at a time; `aclose` may be called from any
+    task."""
 
     def __init__(
         self,
@@ -260,11 +261,12 @@ class StreamReader(Generic[R]):
             await self._disconnect()
             if not scope.expired():
                 raise
-            what = self.codec.label if self.codec is not None else "stream's resource"
-            raise TaskTimeoutError(
-                f"the {what} did not end within {self._options.total_timeout} seconds "
-                "(total_timeout)"
-            ) from exc
+            seconds = self._options.total_timeout
+            if self.codec is None:  # still starting: the POST that creates the resource
+                message = f"the stream did not start within {seconds} seconds (total_timeout)"
+            else:
+                message = f"the {self.codec.label} did not end within {seconds} seconds"
+            raise TaskTimeoutError(message) from exc
         except asyncio.CancelledError as exc:
             await self._disconnect()
             # `aclose` from another task stops this read, not the task it runs in.
