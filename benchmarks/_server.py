@@ -223,6 +223,8 @@ def emulator_options() -> Any:
         sim_step_delay=0.0,
         transition_delay=0.0,
         max_events_per_task=1_000_000,
+        max_event_log_bytes=2**31,  # every event stays replayable (benchmarks read them all)
+        memory_budget=2**32,
         apps={EMULATOR_APP: steps_app},
     )
 

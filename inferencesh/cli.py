@@ -14,7 +14,9 @@ import math
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import attrs
 
 if TYPE_CHECKING:
     from .local import Emulator
@@ -138,9 +140,80 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--sim-steps", type=_int_at_least(1), default=10, metavar="N")
     parser.add_argument("--sim-step-delay", type=_seconds, default=0.08, metavar="SECONDS")
+    store = parser.add_argument_group("persistence and task limits")
+    store.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="keep tasks, event logs and chats in DIR/emulator.sqlite3 across restarts "
+        "(default: in memory only)",
+    )
+    store.add_argument(
+        "--max-live-tasks",
+        type=_int_at_least(1),
+        default=_option_default("max_live_tasks"),
+        metavar="N",
+        help="tasks running at once; more get 429 (default %(default)s)",
+    )
+    store.add_argument(
+        "--max-live-chats",
+        type=_int_at_least(1),
+        default=_option_default("max_live_chats"),
+        metavar="N",
+        help="agent runs at once; more get 429 (default %(default)s)",
+    )
+    store.add_argument(
+        "--task-lifetime",
+        type=_positive_seconds,
+        default=_option_default("task_lifetime"),
+        metavar="SECONDS",
+        help="a task or agent run still going after this fails (default %(default)s)",
+    )
+    store.add_argument(
+        "--finished-ttl",
+        type=_seconds,
+        default=_option_default("finished_task_ttl"),
+        metavar="SECONDS",
+        help="how long finished tasks and idle chats are kept (default %(default)s)",
+    )
+    store.add_argument(
+        "--max-finished",
+        type=_int_at_least(1),
+        default=_option_default("max_finished_tasks"),
+        metavar="N",
+        help="finished tasks (and idle chats) kept at most (default %(default)s)",
+    )
+    store.add_argument(
+        "--max-log-bytes",
+        type=_int_at_least(1),
+        default=_option_default("max_log_bytes"),
+        metavar="BYTES",
+        help="log bytes kept per task; later lines are dropped (default %(default)s)",
+    )
+    store.add_argument(
+        "--max-event-log-bytes",
+        type=_int_at_least(1),
+        default=_option_default("max_event_log_bytes"),
+        metavar="BYTES",
+        help="replayable event bytes kept per task or chat (default %(default)s)",
+    )
+    store.add_argument(
+        "--memory-budget",
+        type=_int_at_least(1),
+        default=_option_default("memory_budget"),
+        metavar="BYTES",
+        help="bytes of inputs, logs, messages and events held in all; finished tasks are "
+        "dropped oldest first to stay under it, new work gets 429 when live work fills it "
+        "(default %(default)s)",
+    )
     parser.add_argument(
         "--heartbeat-interval", type=_positive_seconds, default=10.0, metavar="SECONDS"
     )
+    limits = parser.add_argument_group("HTTP limits")
+    for flag, kind, metavar, help in _HTTP_LIMIT_FLAGS:
+        field = flag.removeprefix("--").replace("-", "_")
+        limits.add_argument(
+            flag, type=kind, default=_http_default(field), metavar=metavar, help=help
+        )
     faults = parser.add_argument_group("fault injection (off by default)")
     faults.add_argument(
         "--drop-after",
@@ -163,8 +236,45 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=_serve, parser=parser)
 
 
+# One flag per `HttpLimits` field: (flag, type, metavar, help naming the default and unit).
+_HTTP_LIMIT_FLAGS: list[tuple[str, Callable[[str], Any], str, str]] = [
+    ("--max-body-bytes", _int_at_least(1), "BYTES",
+     "largest request body, else 413 (default %(default)s bytes)"),
+    ("--max-url-bytes", _int_at_least(1), "BYTES",
+     "longest request URL, else 414 (default %(default)s bytes)"),
+    ("--max-header-bytes", _int_at_least(1), "BYTES",
+     "longest header name or value, else 431 (default %(default)s bytes)"),
+    ("--max-headers", _int_at_least(1), "N",
+     "most header lines in a request, else 431 (default %(default)s)"),
+    ("--max-json-depth", _int_at_least(1), "N",
+     "deepest nesting of a JSON body, else 400 (default %(default)s levels)"),
+    ("--header-timeout", _positive_seconds, "SECONDS",
+     "time for a request's headers to arrive, else 408 (default %(default)s seconds)"),
+    ("--body-timeout", _positive_seconds, "SECONDS",
+     "time for a request's body to arrive, else 408 (default %(default)s seconds)"),
+    ("--keepalive-timeout", _positive_seconds, "SECONDS",
+     "how long an idle kept-alive connection stays open (default %(default)s seconds)"),
+    ("--max-connections", _int_at_least(1), "N",
+     "open connections at once, lowered to fit the open-file limit (default %(default)s)"),
+]  # fmt: skip
+
+
+def _http_default(name: str) -> Any:
+    """`HttpLimits`' own default for a field."""
+    from .local import HttpLimits
+
+    return getattr(attrs.fields(HttpLimits), name).default
+
+
+def _option_default(name: str) -> Any:
+    """The emulator's own default for an option (one place for each default)."""
+    from .local import EmulatorOptions
+
+    return getattr(attrs.fields(EmulatorOptions), name).default
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from .local import Emulator, EmulatorOptions
+    from .local import Emulator, EmulatorOptions, HttpLimits
     from .local._agents import load_agent
     from .local._apps import load_app
 
@@ -184,17 +294,38 @@ def _serve(args: argparse.Namespace) -> int:
             return _usage_error(parser, f"--agent: {exc}")
         agents[ref] = agent
     try:
+        http = HttpLimits(
+            max_body_bytes=args.max_body_bytes,
+            max_url_bytes=args.max_url_bytes,
+            max_header_bytes=args.max_header_bytes,
+            max_headers=args.max_headers,
+            max_json_depth=args.max_json_depth,
+            header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
+            keepalive_timeout=args.keepalive_timeout,
+            max_connections=args.max_connections,
+        )
         options = EmulatorOptions(
             api_key=args.api_key,
             sim_steps=args.sim_steps,
             sim_step_delay=args.sim_step_delay,
             strict_apps=args.strict_apps,
             heartbeat_interval=args.heartbeat_interval,
+            data_dir=args.data_dir,
+            max_live_tasks=args.max_live_tasks,
+            max_live_chats=args.max_live_chats,
+            task_lifetime=args.task_lifetime,
+            finished_task_ttl=args.finished_ttl,
+            max_finished_tasks=args.max_finished,
+            max_log_bytes=args.max_log_bytes,
+            max_event_log_bytes=args.max_event_log_bytes,
+            memory_budget=args.memory_budget,
             drop_after=args.drop_after,
             delay=args.delay,
             apps=apps,
             agents=agents,
             tool_timeout=args.tool_timeout,
+            http=http,
         )
     except (TypeError, ValueError) as exc:
         return _usage_error(parser, str(exc))

@@ -122,10 +122,40 @@ def test_tool_handler_that_raises_stops_the_run(client: Inference) -> None:
 
 
 def test_tool_call_without_handler_is_a_clear_error(client: Inference) -> None:
-    """No on_tool_call handler: a ToolCallError naming the tool, not a hang."""
+    """No on_tool_call handler (a misuse): a ToolCallError naming the tool, not a hang, and
+    the run was stopped, so the chat takes the next message at once."""
     agent = client.agent(AGENT)
     with pytest.raises(ToolCallError, match="no on_tool_call handler"):
         agent.send_message("hello")
+    assert "again" in agent.send_message("again", on_tool_call=_answers(agent)).text
+
+
+class _Abort(BaseException):
+    """Not an Exception: what a framework might raise to unwind a handler."""
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("where", ["tool", "message"])
+async def test_any_base_exception_from_an_async_callback_stops_the_run(
+    server: str, where: str
+) -> None:
+    """A BaseException that is not an Exception, from an async tool handler or message
+    callback, reaches the caller as itself after the run was stopped."""
+    async with async_inference(api_key="k", base_url=server) as client:
+        agent = client.agent(AGENT)
+
+        async def abort(event: Any) -> None:
+            raise _Abort
+
+        async def answer(call: ToolCall) -> None:
+            await agent.submit_tool_result(call.id, "ok")
+
+        callbacks: dict[str, Any] = {"on_tool_call": abort}
+        if where == "message":
+            callbacks = {"on_message": abort, "on_tool_call": answer}
+        with pytest.raises(_Abort):
+            await agent.send_message("hello", **callbacks)
+        assert "again" in (await agent.send_message("again", on_tool_call=answer)).text
 
 
 def test_stop_during_streaming(client: Inference) -> None:

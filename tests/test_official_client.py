@@ -13,8 +13,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from support import fast_emulator
 
-from inferencesh.local import Emulator
+from inferencesh.local import serve_in_thread
 
 OFFICIAL = "inferencesh==0.36.0"
 NETWORK_ERRORS = ("Could not find a version", "No matching distribution", "NewConnectionError",
@@ -77,15 +78,19 @@ def official(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-def test_official_client_against_emulator(official: Path, emu: Emulator, server: str) -> None:
-    """Stream, run, create, cancel, async run and an agent chat all work unchanged."""
+@pytest.mark.parametrize("persistent", [False, True], ids=["in-memory", "data-dir"])
+def test_official_client_against_emulator(official: Path, tmp_path: Path, persistent: bool) -> None:
+    """Stream, run, create, cancel, async run and an agent chat all work unchanged, with and
+    without persistence."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INFERENCE_", "PYTHON"))}
     env["PYTHONPATH"] = str(official)  # first on sys.path: its `inferencesh` shadows ours
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(SCRIPT), server],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
-        cwd=official.parent,
-    )  # fmt: skip
+    emulator = fast_emulator(data_dir=tmp_path) if persistent else fast_emulator()
+    with serve_in_thread(emulator) as server:
+        proc = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(SCRIPT), server],
+            capture_output=True, text=True, env=env, timeout=120, check=False,
+            cwd=official.parent,
+        )  # fmt: skip
     assert 0 == proc.returncode, proc.stderr
     lines = proc.stdout.splitlines()
     stream = lines[0].split(" ", 3)

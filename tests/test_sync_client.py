@@ -206,7 +206,8 @@ def test_slow_consumer_applies_back_pressure() -> None:
     """A paused consumer holds the server's writer back (bounded buffering) and loses nothing."""
     # About 72 MB: more than every buffer on the way together (the client's one network read,
     # and the kernel's loopback socket buffers, which autotune up to tens of MB), and fewer
-    # events than the emulator keeps per task, so nothing falls out of its replay window.
+    # events than the emulator is told to keep per task, so nothing falls out of its replay
+    # window (the default window is far smaller: a reader that falls behind gets a snapshot).
     steps, blob = 8000, "x" * 9000
 
     async def blobs(input: dict[str, Any], ctx: Any) -> dict[str, int]:
@@ -215,7 +216,7 @@ def test_slow_consumer_applies_back_pressure() -> None:
             await asyncio.sleep(0)  # one step update per partial output
         return {"steps": steps}
 
-    emu = fast_emulator()
+    emu = fast_emulator(max_event_log_bytes=2**30, memory_budget=2**30)
     emu.register_app("test/blobs", blobs)
     with serve_in_thread(emu) as url, inference(api_key="k", base_url=url) as client:
         stream = client.run({"app": "test/blobs"}, stream=True, options=FAST)

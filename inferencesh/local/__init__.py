@@ -6,6 +6,8 @@ official clients and ours can run against it offline. Unregistered apps run a si
 fault injection (`Emulator.faults`) lets tests cut streams and force error answers. Agent chats
 (`POST /agents/run`, `/chats/{id}/stream`, client tools) run local agents registered with
 `Emulator.register_agent`, or a scripted agent that calls one client tool, `search`.
+State lives in memory, or with `EmulatorOptions(data_dir=...)` also in a SQLite database that
+survives restarts.
 
 ```python
 from inferencesh.local import Emulator, EmulatorOptions, serve
@@ -22,6 +24,8 @@ from __future__ import annotations
 from ._agents import AgentContext, ToolTimeoutError
 from ._apps import AppContext
 from ._emulator import Emulator
+from ._journal import DataDirError
+from ._limits import HttpLimits
 from ._options import AgentFunction, AppFunction, EmulatorOptions, Faults
 from ._server import serve, serve_in_thread
 
@@ -30,9 +34,11 @@ __all__ = [
     "AgentFunction",
     "AppContext",
     "AppFunction",
+    "DataDirError",
     "Emulator",
     "EmulatorOptions",
     "Faults",
+    "HttpLimits",
     "ToolTimeoutError",
     "serve",
     "serve_in_thread",

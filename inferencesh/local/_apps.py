@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -138,6 +140,15 @@ class SimSettings:
     hold_at: TaskStatus | None = None
 
 
+#: Caps of the simulated app's knobs (`input.sim`), so that no request makes a big task.
+MAX_SIM_STEPS = 1_000
+MAX_SIM_STEP_DELAY = 60
+MAX_SIM_LOG_BYTES = 4_096
+_MAX_FAIL_TEXT = 1_000
+# Inputs up to this size (as JSON) are echoed in the simulated output; bigger ones by digest.
+_MAX_ECHO = 4_096
+_MAX_SUBJECT = 80
+
 _HOLD_STAGES = {
     status
     for status in TaskStatus
@@ -148,9 +159,11 @@ _HOLD_STAGES = {
 def parse_sim(value: Any, *, steps: int, step_delay: float) -> SimSettings:
     """Read the input's `sim` object over the emulator's defaults; `InvalidField` if malformed.
 
-    Keys: `steps` (int >= 0), `step_delay` (seconds), `fail` (message: fail at the first step),
-    `log_bytes` (pad log lines to about this size), `hold` (stay RUNNING until cancelled) and
-    `hold_at` (a status name or code from received to running: stay there until cancelled).
+    Keys: `steps` (int, 0 to 1,000), `step_delay` (seconds, 0 to 60), `fail` (message, up to
+    1,000 characters: fail at the first step), `log_bytes` (pad log lines to about this size,
+    0 to 4,096), `hold` (stay RUNNING until cancelled) and `hold_at` (a status name or code
+    from received to running: stay there until cancelled). The caps keep one task small;
+    a task's logs are also capped as a whole (`EmulatorOptions.max_log_bytes`).
     """
     if value is None:
         return SimSettings(steps=steps, step_delay=step_delay)
@@ -162,15 +175,17 @@ def parse_sim(value: Any, *, steps: int, step_delay: float) -> SimSettings:
         allowed = ", ".join(sorted(known))
         raise InvalidField(f"input.sim.{unknown[0]}", f"is not a known key ({allowed})")
     if "steps" in value:
-        steps = _int_field(value["steps"], "input.sim.steps", maximum=100_000)
+        steps = _int_field(value["steps"], "input.sim.steps", maximum=MAX_SIM_STEPS)
     if "step_delay" in value:
         step_delay = _seconds_field(value["step_delay"], "input.sim.step_delay")
     fail = value.get("fail")
-    if fail is not None and not isinstance(fail, str):
-        raise InvalidField("input.sim.fail", f"must be a string, got {_json_type(fail)}")
+    if fail is not None and (not isinstance(fail, str) or len(fail) > _MAX_FAIL_TEXT):
+        raise InvalidField(
+            "input.sim.fail", f"must be a string of at most {_MAX_FAIL_TEXT} characters"
+        )
     log_bytes = value.get("log_bytes")
     if log_bytes is not None:
-        log_bytes = _int_field(log_bytes, "input.sim.log_bytes", maximum=10_000_000)
+        log_bytes = _int_field(log_bytes, "input.sim.log_bytes", maximum=MAX_SIM_LOG_BYTES)
     hold = value.get("hold", False)
     if not isinstance(hold, bool):
         raise InvalidField("input.sim.hold", f"must be a boolean, got {_json_type(hold)}")
@@ -200,9 +215,11 @@ def _seconds_field(value: Any, field: str) -> float:
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
-        or not 0 <= value <= 3600
+        or not 0 <= value <= MAX_SIM_STEP_DELAY
     ):
-        raise InvalidField(field, f"must be a number of seconds from 0 to 3600, got {value!r:.40}")
+        raise InvalidField(
+            field, f"must be a number of seconds from 0 to {MAX_SIM_STEP_DELAY}, got {value!r:.40}"
+        )
     return float(value)
 
 
@@ -216,6 +233,8 @@ async def simulated_app(input: dict[str, Any], ctx: AppContext, settings: SimSet
         await asyncio.Event().wait()  # until cancelled
     prompt = input.get("prompt")
     subject = prompt if isinstance(prompt, str) else "input"
+    if len(subject) > _MAX_SUBJECT:  # logs name the prompt; they do not copy a long one
+        subject = subject[: _MAX_SUBJECT - 3] + "..."
     total = settings.steps
     words: list[str] = []
     for step in range(1, total + 1):
@@ -230,7 +249,10 @@ async def simulated_app(input: dict[str, Any], ctx: AppContext, settings: SimSet
         await asyncio.sleep(settings.step_delay)
     if settings.fail is not None:  # zero steps: there is no step to fail at, so fail here
         raise RuntimeError(settings.fail)
-    echo = {key: value for key, value in input.items() if key != "sim"}
+    echo: Any = {key: value for key, value in input.items() if key != "sim"}
+    text = json.dumps(echo, sort_keys=True, separators=(",", ":"))
+    if len(text) > _MAX_ECHO:  # the task holds its input once; the output names it instead
+        echo = {"bytes": len(text), "sha256": hashlib.sha256(text.encode()).hexdigest()}
     return {
         "text": f"simulated {ctx.app} output for {subject}",
         "steps": total,

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal
 
-from ._eventlog import EventLog, Frame, Snapshot, encode_json
+from ._budget import OVERHEAD, MemoryBudget, Overloaded, Retention
+from ._eventlog import Frame, LogEvent, LogSettings, Snapshot, encode_json
 from ._hub import ChangeHub
+from ._journal import Record
 
 __all__ = ["Chat", "ChatError", "ChatStore", "Message", "Run", "ToolInvocation"]
 
@@ -54,6 +56,21 @@ class ToolInvocation:
         self.attachments: list[Any] = []
         self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
+    def record(self) -> dict[str, Any]:
+        """What persistence keeps of this invocation."""
+        return {
+            "id": self.id, "call_id": self.call_id, "name": self.name,
+            "arguments": self.arguments, "status": self.status, "result": self.result,
+        }  # fmt: skip
+
+    @classmethod
+    def reload(cls, data: dict[str, Any], run: Run) -> ToolInvocation:
+        """An invocation persisted before a restart."""
+        invocation = cls(str(data["name"]), dict(data.get("arguments") or {}), run)
+        invocation.id, invocation.call_id = str(data["id"]), str(data["call_id"])
+        invocation.status, invocation.result = str(data["status"]), data.get("result")
+        return invocation
+
     @property
     def waiting(self) -> bool:
         """Whether the invocation still waits for its result."""
@@ -78,9 +95,17 @@ class Message:
     """One chat message; an assistant message grows as its run writes."""
 
     def __init__(
-        self, *, chat_id: str, run_id: str, order: int, role: str, status: str, text: str = ""
+        self,
+        *,
+        chat_id: str,
+        run_id: str,
+        order: int,
+        role: str,
+        status: str,
+        text: str = "",
+        message_id: str | None = None,
     ) -> None:
-        self.id = _new_id("msg")
+        self.id = message_id or _new_id("msg")
         self.chat_id = chat_id
         self.run_id = run_id
         self.order = order
@@ -89,6 +114,25 @@ class Message:
         self.text = text
         self.reasoning = ""
         self.tool_invocations: list[ToolInvocation] = []
+
+    def record(self) -> dict[str, Any]:
+        """What persistence keeps of this message."""
+        return {
+            "id": self.id, "run_id": self.run_id, "order": self.order, "role": self.role,
+            "status": self.status, "text": self.text, "reasoning": self.reasoning,
+            "invocations": [invocation.record() for invocation in self.tool_invocations],
+        }  # fmt: skip
+
+    @classmethod
+    def reload(cls, chat_id: str, data: dict[str, Any]) -> Message:
+        """A message persisted before a restart (its invocations are added by the chat)."""
+        message = cls(
+            chat_id=chat_id, run_id=str(data["run_id"]), order=int(data["order"]),
+            role=str(data["role"]), status=str(data["status"]), text=str(data["text"]),
+            message_id=str(data["id"]),
+        )  # fmt: skip
+        message.reasoning = str(data.get("reasoning", ""))
+        return message
 
     def to_dict(self) -> dict[str, Any]:
         """The `ChatMessageDTO` of the wire contract."""
@@ -121,6 +165,14 @@ class Run:
         self.error: str | None = None
         self.output: str | None = None
         self.runner: asyncio.Task[None] | None = None
+        self.started_at = time.monotonic()
+
+    def record(self) -> dict[str, Any]:
+        """What persistence keeps of this run (its messages are kept by the chat)."""
+        return {
+            "id": self.id, "agent": self.agent, "state": self.state, "error": self.error,
+            "output": self.output, "user": self.user.id, "message": self.message.id,
+        }  # fmt: skip
 
     @property
     def ended(self) -> bool:
@@ -140,14 +192,60 @@ class Run:
 class Chat:
     """One chat: its messages, its current (or last) run, and its event log."""
 
-    def __init__(self, store: ChatStore, agent: str) -> None:
-        self.id = _new_id("chat")
+    def __init__(self, store: ChatStore, agent: str, record: Record | None = None) -> None:
+        self.id = record.id if record is not None else _new_id("chat")
         self.agent = agent
         self.messages: list[Message] = []
+        self.runs: dict[str, Run] = {}
         self.run: Run | None = None
-        self.log = EventLog(store.max_events)
         self._store = store
         self._hub = store.hub
+        self._held = 0  # bytes of message text charged to the budget (the log charges its own)
+        if record is not None:
+            self._reload(record)
+        else:
+            self.log = store.logs.new_log(self)
+
+    def record(self) -> dict[str, Any]:
+        """What persistence keeps of this chat: its messages and its runs."""
+        return {
+            "messages": [message.record() for message in self.messages],
+            "runs": [run.record() for run in self.runs.values()],
+            "current": self.run.id if self.run is not None else None,
+        }
+
+    def _reload(self, record: Record) -> None:
+        """Take the messages, runs and events persisted before a restart (what can fail,
+        reading it back, comes before anything is indexed or charged to the budget)."""
+        state = record.state
+        by_id: dict[str, Message] = {}
+        for data in state.get("messages") or []:
+            message = Message.reload(self.id, data)
+            by_id[message.id] = message
+            self.messages.append(message)
+        for data in state.get("runs") or []:
+            user, message = by_id[data["user"]], by_id[data["message"]]
+            run = Run(str(data["id"]), str(data["agent"]), user, message)
+            run.state, run.error, run.output = data["state"], data.get("error"), data.get("output")
+            self.runs[run.id] = run
+        invocations = []
+        for data in state.get("messages") or []:
+            message = by_id[data["id"]]
+            for item in data.get("invocations") or []:
+                invocation = ToolInvocation.reload(item, self.runs[message.run_id])
+                message.tool_invocations.append(invocation)
+                invocations.append(invocation)
+        self.run = self.runs.get(state.get("current") or "")
+        for stored in record.events:  # the text pieces written after the checkpoint
+            if stored.seq > record.state_seq:
+                _replay(by_id, json.loads(stored.head + stored.tail))
+        for invocation in invocations:
+            self._store.index(invocation, self)
+        self._hold(sum(len(m.text) + len(m.reasoning) + 3 * OVERHEAD for m in self.messages))
+        start = record.events[0].seq - 1 if record.events else record.state_seq
+        self.log = self._store.logs.new_log(self, start_seq=start)
+        for stored in record.events:
+            self.log.restore(LogEvent(stored.seq, stored.frame(""), stored.terminal))
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -209,6 +307,8 @@ class Chat:
                 raise ChatError(
                     409, f"chat {self.id} already has a run in progress ({self.run.id})"
                 )
+            self._store.admit(self, len(text) + 3 * OVERHEAD)
+            self._hold(len(text) + 3 * OVERHEAD)
             order = self.messages[-1].order + 1 if self.messages else 1
             run_id = _new_id("run")
             user = Message(
@@ -219,11 +319,12 @@ class Chat:
             )
             run = Run(run_id, agent, user, assistant)
             self.messages += [user, assistant]
-            self.run = run
+            self.run = self.runs[run_id] = run
             self._store.went_busy(self)
             self._emit("chats", self._to_dict(messages=False))
             self._emit("chat_messages", user.to_dict())
             self._emit("chat_messages", assistant.to_dict())
+            self._store.changed(self)
         self._hub.notify()
         return run
 
@@ -235,6 +336,7 @@ class Chat:
             if run.ended:
                 return
             message = run.message
+            self._hold(len(piece))
             if key == "reasoning":
                 message.reasoning += piece
             else:
@@ -249,9 +351,11 @@ class Chat:
             if run.ended:
                 raise ChatError(409, f"run {run.id} has ended")
             invocation = ToolInvocation(name, arguments, run)
+            self._hold(len(encode_json(arguments)) + 4 * OVERHEAD)
             run.message.tool_invocations.append(invocation)
             self._store.index(invocation, self)
             self._emit("chat_messages", run.message.to_dict())
+            self._store.changed(self)
         self._hub.notify()
         return invocation
 
@@ -266,7 +370,9 @@ class Chat:
                 )
             invocation.status = status
             invocation.result = result
+            self._hold(len(result))
             self._emit("chat_messages", invocation.run.message.to_dict())
+            self._store.changed(self)
         self._hub.notify()
         if not invocation.answered.done():
             invocation.answered.set_result(None)
@@ -276,6 +382,7 @@ class Chat:
         with self._hub.lock:
             if invocation.status == "awaiting_input":
                 invocation.status = "failed"
+                self._store.changed(self)
 
     def finish_run(
         self, run: Run, state: RunState, *, output: str | None = None, error: str | None = None
@@ -296,6 +403,7 @@ class Chat:
             self._emit("chat_messages", message.to_dict())
             self._emit("chats", self._to_dict(messages=False))
             self._store.went_idle(self)
+            self._store.changed(self)
         self._hub.notify()
         return True
 
@@ -307,8 +415,44 @@ class Chat:
         if run.runner is not None and not run.runner.done():
             run.runner.cancel()
 
+    def reap(self, reason: str) -> None:
+        """Fail the run in progress, if any, that has outlived its lifetime."""
+        run = self.run
+        if run is None or not self.finish_run(run, "failed", error=reason):
+            return
+        if run.runner is not None and not run.runner.done():
+            run.runner.cancel()
+
+    def _hold(self, size: int) -> None:
+        self._held += size
+        self._store.budget.charge(size)
+
+    def release(self) -> None:
+        """Give back every byte this chat holds (it is forgotten)."""
+        self._store.budget.charge(-self._held)
+        self._held = 0
+        self.log.release()
+
     def _emit(self, event: str, data: dict[str, Any]) -> None:
         self.log.append(_frame(event, data))
+
+
+def _replay(messages: dict[str, Message], payload: Any) -> None:
+    """Apply one logged chat event to the reloaded messages (the reload of a restart)."""
+    event = payload.get("event") if isinstance(payload, dict) else None
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, dict):
+        return
+    if event == "delta":
+        message = messages.get(str(data.get("resource_id")))
+        delta = data.get("delta")
+        if message is not None and isinstance(delta, dict):
+            message.reasoning += str(delta.get("reasoning", ""))
+            message.text += str(delta.get("response", ""))
+    elif event == "chat_messages":
+        message = messages.get(str(data.get("id")))
+        if message is not None:
+            message.status = str(data.get("status", message.status))
 
 
 def _frame(event: str, data: dict[str, Any]) -> Frame:
@@ -317,17 +461,62 @@ def _frame(event: str, data: dict[str, Any]) -> Frame:
 
 
 class ChatStore:
-    """All chats by id, and tool invocations by id; idle chats expire like finished tasks."""
+    """All chats by id, and tool invocations by id; idle chats expire like finished tasks,
+    busy ones are capped in number and in how long a run may last, and every byte they hold
+    is charged to `budget`."""
 
-    def __init__(self, hub: ChangeHub, *, ttl: float, max_idle: int, max_events: int) -> None:
+    def __init__(
+        self,
+        hub: ChangeHub,
+        budget: MemoryBudget,
+        *,
+        ttl: float,
+        max_idle: int,
+        max_events: int,
+        max_event_bytes: int,
+        max_live: int,
+        lifetime: float,
+    ) -> None:
         self.hub = hub
-        self.max_events = max_events
-        self._ttl = ttl
-        self._max_idle = max_idle
+        self.budget = budget
+        self.logs = LogSettings[Chat](
+            max_events=max_events, max_bytes=max_event_bytes, budget=budget
+        )
+        self._max_live = max_live
+        self._lifetime = lifetime
         self._chats: dict[str, Chat] = {}
-        self._idle: OrderedDict[str, float] = OrderedDict()
+        self._idle = Retention(ttl=ttl, max_count=max_idle, drop=self._forget)
+        self._busy: dict[str, Chat] = {}  # in the order their runs started
         self._invocations: dict[str, tuple[Chat, ToolInvocation]] = {}
         self.on_idle: list[Callable[[], None]] = []
+        self.on_change: Callable[[Chat], None] | None = None
+        self.on_forget: Callable[[str], None] | None = None
+        budget.add_source(self._idle.oldest)
+
+    def changed(self, chat: Chat) -> None:
+        """A chat's messages or runs changed as a whole (persistence checkpoints it)."""
+        if self.on_change is not None:
+            self.on_change(chat)
+
+    def reload(self, record: Record) -> Chat | None:
+        """Keep a chat persisted before a restart; a run it had going fails ("worker lost").
+
+        None when it had expired meanwhile.
+        """
+        ago = record.ended_ago()
+        if ago is not None and ago >= self._idle.ttl:
+            return None
+        with self.hub.lock:
+            chat = Chat(self, str(record.meta.get("agent", "")), record)
+            self._chats[chat.id] = chat
+            run = chat.run
+            if run is not None and not run.ended:
+                self._busy[chat.id] = chat
+            else:
+                self._idle.add(chat.id, time.monotonic() - (ago or 0.0))
+        if run is not None and not run.ended:
+            chat.finish_run(run, "failed", error="worker lost: the emulator stopped during the run")
+        return chat
 
     def create(self, agent: str) -> Chat:
         """A new, empty chat (its first run makes it busy)."""
@@ -357,44 +546,77 @@ class ChatStore:
         """Make an invocation findable by id (called by its chat)."""
         self._invocations[invocation.id] = (chat, invocation)
 
+    def admit(self, chat: Chat, size: int) -> None:
+        """Let `chat` start a run holding `size` more bytes, or raise `Overloaded`."""
+        if chat.id not in self._busy and len(self._busy) >= self._max_live:
+            raise Overloaded(
+                f"too many agent runs: the emulator runs at most {self._max_live} at once"
+            )
+        since = self._idle.discard(chat.id)  # not droppable while its run is admitted
+        try:
+            self.budget.admit(size, "the new message")
+        except Overloaded:
+            if since is not None:  # idle as before, in its place in the retention order
+                self._idle.add(chat.id, since)
+            raise
+
     def went_busy(self, chat: Chat) -> None:
         """A run started: the chat does not expire while it runs."""
-        self._idle.pop(chat.id, None)
+        self._idle.discard(chat.id)
+        self._busy[chat.id] = chat
 
     def went_idle(self, chat: Chat) -> None:
         """A run ended: start the chat's retention clock; drop the oldest over the cap."""
         with self.hub.lock:
-            self._idle[chat.id] = time.monotonic()
+            self._busy.pop(chat.id, None)
+            self._idle.add(chat.id, time.monotonic())
             self.expire()
         for callback in self.on_idle:
             callback()
 
+    def _forget(self, chat_id: str) -> None:
+        chat = self._chats.pop(chat_id, None)
+        if chat is None:
+            return
+        for message in chat.messages:
+            for invocation in message.tool_invocations:
+                self._invocations.pop(invocation.id, None)
+        chat.release()
+        if self.on_forget is not None:
+            self.on_forget(chat_id)
+
     def expire(self) -> int:
         """Forget idle chats past their ttl or over the count cap; return how many."""
-        dropped = 0
         with self.hub.lock:
-            deadline = time.monotonic() - self._ttl
-            while self._idle:
-                chat_id, since = next(iter(self._idle.items()))
-                if since > deadline and len(self._idle) <= self._max_idle:
-                    break
-                self._idle.popitem(last=False)
-                chat = self._chats.pop(chat_id, None)
-                for message in chat.messages if chat is not None else []:
-                    for invocation in message.tool_invocations:
-                        self._invocations.pop(invocation.id, None)
-                dropped += 1
+            dropped = self._idle.expire()
         if dropped:
             self.hub.notify()
         return dropped
 
-    def next_expiry_in(self) -> float | None:
-        """Seconds until the oldest idle chat expires, or None when none is idle."""
+    def reap(self) -> int:
+        """Fail the runs that have lasted longer than their lifetime; return how many."""
         with self.hub.lock:
-            if not self._idle:
-                return None
-            oldest = next(iter(self._idle.values()))
-            return max(0.0, oldest + self._ttl - time.monotonic())
+            deadline = time.monotonic() - self._lifetime
+            due = [
+                chat
+                for chat in self._busy.values()
+                if chat.run is not None and chat.run.started_at <= deadline
+            ]
+        reason = f"the run lasted longer than the emulator's task lifetime ({self._lifetime:g} s)"
+        for chat in due:
+            chat.reap(reason)
+        return len(due)
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the oldest idle chat expires or the oldest run is reaped."""
+        with self.hub.lock:
+            dues = [self._idle.next_due_in()]
+            for chat in self._busy.values():  # the first is the oldest run
+                if chat.run is not None:
+                    started = chat.run.started_at
+                    dues.append(max(0.0, started + self._lifetime - time.monotonic()))
+                break
+            return min((due for due in dues if due is not None), default=None)
 
     def runners(self) -> list[asyncio.Task[None]]:
         """The agent coroutines still going (for shutdown)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -12,19 +14,25 @@ from aiohttp import web
 
 from ._agents import AgentRegistry, RunRequest, launch_run, scripted
 from ._apps import AppRegistry, SimSettings, simulated_app
-from ._chats import ChatError, ChatStore
+from ._budget import MemoryBudget
+from ._chats import Chat, ChatError, ChatStore
+from ._eventlog import LogEvent, encode_json
 from ._hub import ChangeHub
+from ._journal import Journal
 from ._options import AgentFunction, AppFunction, EmulatorOptions, Faults
 from ._streaming import Connection
 from ._tasks import Task, TaskStore
 
 __all__ = ["Emulator"]
 
+logger = logging.getLogger("inferencesh.local")
+
 _HOUSEKEEPING_MAX_INTERVAL = 30.0
 
 
 class Emulator:
-    """A local, in-memory stand-in for the hosted task and agent chat API.
+    """A local stand-in for the hosted task and agent chat API (in memory, or persisted in
+    `options.data_dir`).
 
     Create it, optionally register apps and agents, then serve `make_app()` (or use `serve` /
     `serve_in_thread`). State lives on the serving event loop; the counters, `task_snapshot`
@@ -36,17 +44,30 @@ class Emulator:
         self.faults = Faults(drop_after=self.options.drop_after, delay=self.options.delay)
         self.apps = AppRegistry(self.options.apps)
         self._hub = ChangeHub()
+        options = self.options
+        self.budget = MemoryBudget(options.memory_budget)
         self.tasks = TaskStore(
             self._hub,
-            ttl=self.options.finished_task_ttl,
-            max_finished=self.options.max_finished_tasks,
+            self.budget,
+            ttl=options.finished_task_ttl,
+            max_finished=options.max_finished_tasks,
+            max_live=options.max_live_tasks,
+            lifetime=options.task_lifetime,
+            max_events=options.max_events_per_task,
+            max_event_bytes=options.max_event_log_bytes,
+            max_log_bytes=options.max_log_bytes,
         )
-        self.agents = AgentRegistry(self.options.agents)
+        self.tasks.on_finished.append(lambda _: self._wake_housekeeping())
+        self.agents = AgentRegistry(options.agents)
         self.chats = ChatStore(
             self._hub,
-            ttl=self.options.finished_task_ttl,
-            max_idle=self.options.max_finished_tasks,
-            max_events=self.options.max_events_per_task,
+            self.budget,
+            ttl=options.finished_task_ttl,
+            max_idle=options.max_finished_tasks,
+            max_events=options.max_events_per_task,
+            max_event_bytes=options.max_event_log_bytes,
+            max_live=options.max_live_chats,
+            lifetime=options.task_lifetime,
         )
         self.chats.on_idle.append(self._wake_housekeeping)
         self._connections: set[Connection] = set()
@@ -54,6 +75,7 @@ class Emulator:
         self._stopping = False
         self._housekeeper: asyncio.Task[None] | None = None
         self._housekeeping_wakeup: asyncio.Event | None = None
+        self._journal: Journal | None = None
 
     def __repr__(self) -> str:
         return (
@@ -83,16 +105,11 @@ class Emulator:
         sim: SimSettings | None,
         session_id: str | None,
     ) -> Task:
-        """Create a task for an app (or the simulated app when `fn` is None) and start it."""
-        task = Task(
-            app=app,
-            input=input,
-            session_id=session_id,
-            hub=self._hub,
-            max_events=self.options.max_events_per_task,
-            on_finished=self._task_finished,
-        )
-        self.tasks.add(task)
+        """Create a task for an app (or the simulated app when `fn` is None) and start it.
+
+        Raises `Overloaded` when the live-task cap or the memory budget refuses it.
+        """
+        task = self.tasks.create(app=app, input_json=encode_json(input), session_id=session_id)
         hold_at = None
         if fn is None:
             settings = sim or SimSettings(
@@ -110,11 +127,8 @@ class Emulator:
         )
         task.runner = runner
         runner.add_done_callback(task.runner_done)
+        self._wake_housekeeping()  # its lifetime may be the next thing due
         return task
-
-    def _task_finished(self, task: Task) -> None:
-        self.tasks.mark_finished(task)
-        self._wake_housekeeping()
 
     def _wake_housekeeping(self) -> None:
         if self._housekeeping_wakeup is not None:
@@ -162,6 +176,7 @@ class Emulator:
             attachments=request.attachments,
             tool_timeout=self.options.tool_timeout,
         )
+        self._wake_housekeeping()  # its lifetime may be the next thing due
         return reply
 
     # -- streams ---------------------------------------------------------------------------
@@ -233,9 +248,57 @@ class Emulator:
         self._stopping = False
         self._hub.loop_thread = threading.get_ident()
         self._housekeeping_wakeup = asyncio.Event()
+        if self.options.data_dir is not None:
+            self._open_journal(self.options.data_dir)
         self._housekeeper = asyncio.get_running_loop().create_task(
             self._housekeeping(), name="inferencesh.local housekeeping"
         )
+
+    def _open_journal(self, data_dir: str) -> None:
+        """Persist from now on, and take back what was persisted before a restart."""
+        journal = Journal(data_dir, max_events=self.options.max_events_per_task)
+        self._journal = journal
+
+        def task_event(task: Task, event: LogEvent) -> None:
+            if event.seq == 1:
+                meta = {"app": task.app, "input": task.input_json, "session_id": task.session_id}
+                journal.created(task.id, "task", meta)
+            journal.event(task.id, event)
+            if journal.needs_checkpoint(task.id):  # many step updates: checkpoint the state
+                journal.checkpoint_frame(task.id, task.state_frame(), event.seq, ended=None)
+
+        def chat_event(chat: Chat, event: LogEvent) -> None:
+            if event.seq == 1:
+                journal.created(chat.id, "chat", {"agent": chat.agent})
+            journal.event(chat.id, event)
+
+        def chat_changed(chat: Chat) -> None:
+            state = json.dumps(chat.record(), separators=(",", ":"))
+            journal.checkpoint(chat.id, state, chat.log.last_seq, ended=not chat.busy)
+
+        self.tasks.logs.on_event, self.tasks.on_forget = task_event, journal.forget
+        self.chats.logs.on_event, self.chats.on_forget = chat_event, journal.forget
+        self.chats.on_change = chat_changed
+        for record in journal.load():
+            store = self.tasks if record.kind == "task" else self.chats
+            if store.get(record.id) is not None:
+                continue  # this emulator served before and still holds it
+            try:
+                reloaded = store.reload(record)
+            except (KeyError, TypeError, ValueError) as exc:  # a record we cannot read back
+                logger.warning("not reloading %s %s from the data folder: %r", record.kind,
+                               record.id, exc)  # fmt: skip
+                continue
+            if reloaded is None:
+                journal.forget(record.id)  # it expired while the emulator was stopped
+
+    def _close_journal(self) -> None:
+        journal, self._journal = self._journal, None
+        if journal is None:
+            return
+        self.tasks.logs.on_event = self.chats.logs.on_event = None
+        self.tasks.on_forget = self.chats.on_forget = self.chats.on_change = None
+        journal.close()
 
     async def _shutdown(self) -> None:
         """End every open stream cleanly (aiohttp on_shutdown)."""
@@ -255,18 +318,22 @@ class Emulator:
             job.cancel()
         # Runners end as failed ("the emulator stopped") through their done callbacks.
         await asyncio.gather(*pending, return_exceptions=True)
+        self._close_journal()
         self._housekeeper = None
         self._housekeeping_wakeup = None
         self._hub.loop_thread = None
 
     async def _housekeeping(self) -> None:
-        """Expire finished tasks and idle chats when their time is up (the only background job)."""
+        """Expire finished tasks and idle chats, and fail the tasks and runs that outlived
+        their lifetime, when their time is up (the only background job)."""
         wakeup = self._housekeeping_wakeup
         assert wakeup is not None
         while True:
             self.tasks.expire()
             self.chats.expire()
-            dues = [self.tasks.next_expiry_in(), self.chats.next_expiry_in()]
+            self.tasks.reap()
+            self.chats.reap()
+            dues = [self.tasks.next_due_in(), self.chats.next_due_in()]
             wait = min([due for due in dues if due is not None], default=_HOUSEKEEPING_MAX_INTERVAL)
             wait = min(wait, _HOUSEKEEPING_MAX_INTERVAL)
             wakeup.clear()

@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import attrs
 
 from ..sse import encode_sse
+from ._budget import OVERHEAD, MemoryBudget
 
-__all__ = ["EventLog", "Frame", "LogEvent", "Snapshot", "encode_json"]
+__all__ = ["EventLog", "Frame", "LogEvent", "LogSettings", "Snapshot", "encode_json"]
+
+_Owner = TypeVar("_Owner")
 
 
 def encode_json(payload: Any) -> str:
@@ -26,10 +30,27 @@ def encode_json(payload: Any) -> str:
 
 @attrs.frozen
 class Frame:
-    """One payload as sent: JSON text plus an optional SSE event name (chats use names)."""
+    """One payload as sent: JSON text plus an optional SSE event name (chats use names).
 
-    data: str
+    The text is `head + shared + tail`. `shared` is a large part its owner holds once and
+    every frame refers to (a task's input), so a task's dozen snapshots keep one copy of it.
+    """
+
+    head: str
     event: str | None = None
+    shared: str = ""
+    tail: str = ""
+    full: bool = False  # the resource's whole state (what persistence checkpoints)
+
+    @property
+    def data(self) -> str:
+        """The whole JSON text."""
+        return self.head + self.shared + self.tail if self.shared else self.head + self.tail
+
+    @property
+    def own_size(self) -> int:
+        """The bytes this frame holds by itself (not counting `shared`)."""
+        return len(self.head) + len(self.tail)
 
     def ndjson(self, seq: int) -> bytes:
         """The payload as one NDJSON line; a named event becomes `{"event": ..., "data": ...}`.
@@ -37,22 +58,15 @@ class Frame:
         The line also carries `"event_id": "<seq>"`, the NDJSON form of the SSE `id:` field
         (our extension: clients of the hosted API ignore unknown keys; ours resume with it).
         """
+        data = self.data
         event_id = '"event_id":"' + str(seq) + '"'
         if self.event is None:
-            if not self.data.startswith("{"):
+            if not data.startswith("{"):
                 raise ValueError("an unnamed frame must hold a JSON object")
-            rest = self.data[1:]
+            rest = data[1:]
             line = "{" + event_id + ("," + rest if rest != "}" else "}")
         else:
-            line = (
-                '{"event":'
-                + encode_json(self.event)
-                + ',"data":'
-                + self.data
-                + ","
-                + event_id
-                + "}"
-            )
+            line = '{"event":' + encode_json(self.event) + ',"data":' + data + "," + event_id + "}"
         return (line + "\n").encode("ascii")
 
     def sse(self, seq: int) -> bytes:
@@ -61,28 +75,39 @@ class Frame:
 
 
 class LogEvent:
-    """One logged event: its seq, frame and whether it ends the resource's life."""
+    """One logged event: its seq, frame and whether it ends the resource's life.
 
-    __slots__ = ("_ndjson", "_sse", "frame", "seq", "terminal")
+    The wire bytes of the first framing asked for are kept, shared by every connection using
+    it (another framing is encoded per send). A frame with a shared part keeps no bytes, so
+    the shared part stays one copy.
+    """
+
+    __slots__ = ("_wire", "_wire_sse", "frame", "seq", "size", "terminal")
 
     def __init__(self, seq: int, frame: Frame, terminal: bool) -> None:
         self.seq = seq
         self.frame = frame
         self.terminal = terminal
-        self._ndjson: bytes | None = None
-        self._sse: bytes | None = None
+        self._wire: bytes | None = None
+        self._wire_sse = False
+        # What holding this event costs: the text, its wire bytes, the object itself.
+        self.size = frame.own_size * (1 if frame.shared else 2) + OVERHEAD
 
     def ndjson(self) -> bytes:
-        """The NDJSON line, encoded once and shared by every connection."""
-        if self._ndjson is None:
-            self._ndjson = self.frame.ndjson(self.seq)
-        return self._ndjson
+        """The NDJSON line."""
+        return self._encoded(sse=False)
 
     def sse(self) -> bytes:
-        """The SSE block, encoded once and shared by every connection."""
-        if self._sse is None:
-            self._sse = self.frame.sse(self.seq)
-        return self._sse
+        """The SSE block."""
+        return self._encoded(sse=True)
+
+    def _encoded(self, *, sse: bool) -> bytes:
+        if self._wire is not None and self._wire_sse == sse:
+            return self._wire
+        wire = self.frame.sse(self.seq) if sse else self.frame.ndjson(self.seq)
+        if self._wire is None and not self.frame.shared:
+            self._wire, self._wire_sse = wire, sse
+        return wire
 
 
 @attrs.frozen
@@ -95,19 +120,34 @@ class Snapshot:
 
 
 class EventLog:
-    """Append-only log with seq numbers 1, 2, ...; keeps the newest `max_events` only.
+    """Append-only log with seq numbers 1, 2, ...; keeps the newest `max_events` events and
+    at most `max_bytes` of them (always the newest one), charged to `budget`.
 
     Must be used from one event loop. `closed` becomes true when a terminal event is appended;
-    nothing may be appended after it.
+    nothing may be appended after it. `on_append` sees each event before any reader can
+    (persistence writes it there).
     """
 
-    def __init__(self, max_events: int) -> None:
+    def __init__(
+        self,
+        max_events: int,
+        *,
+        max_bytes: int | None = None,
+        budget: MemoryBudget | None = None,
+        on_append: Callable[[LogEvent], None] | None = None,
+        start_seq: int = 0,
+    ) -> None:
         if max_events < 1:
             raise ValueError("max_events must be >= 1")
-        self._events: deque[LogEvent] = deque(maxlen=max_events)
-        self._last_seq = 0
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._budget = budget
+        self._events: deque[LogEvent] = deque()
+        self._bytes = 0
+        self._last_seq = start_seq
         self._closed = False
         self._waiters: set[asyncio.Future[None]] = set()
+        self.on_append = on_append
 
     @property
     def last_seq(self) -> int:
@@ -124,6 +164,11 @@ class EventLog:
         """Whether the terminal event has been appended."""
         return self._closed
 
+    @property
+    def size(self) -> int:
+        """The bytes the retained events hold."""
+        return self._bytes
+
     def __len__(self) -> int:
         return len(self._events)
 
@@ -131,12 +176,44 @@ class EventLog:
         """Add an event, wake every waiting cursor, and return it."""
         if self._closed:
             raise ValueError("the event log is closed: a terminal event was already appended")
-        self._last_seq += 1
-        event = LogEvent(self._last_seq, frame, terminal)
-        self._events.append(event)
-        self._closed = terminal
+        event = LogEvent(self._last_seq + 1, frame, terminal)
+        if self.on_append is not None:
+            self.on_append(event)  # first: if it cannot be kept, nothing was changed
+        self.restore(event)
         self.wake()
         return event
+
+    def restore(self, event: LogEvent) -> None:
+        """Keep `event` as the newest one (appended now, or reloaded after a restart)."""
+        self._last_seq = event.seq
+        self._events.append(event)
+        self._closed = event.terminal
+        self._bytes += event.size
+        self._charge(event.size)
+        limit = self._max_bytes
+        while len(self._events) > 1 and (
+            len(self._events) > self._max_events or (limit is not None and self._bytes > limit)
+        ):
+            self._drop_oldest()
+        budget = self._budget
+        if budget is not None and budget.over and not budget.reclaim():
+            while len(self._events) > 1:  # live work fills the budget: keep only the newest
+                self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        dropped = self._events.popleft()
+        self._bytes -= dropped.size
+        self._charge(-dropped.size)
+
+    def _charge(self, size: int) -> None:
+        if self._budget is not None:
+            self._budget.charge(size)
+
+    def release(self) -> None:
+        """Give the retained events' bytes back to the budget (the resource is forgotten)."""
+        self._charge(-self._bytes)
+        self._bytes = 0
+        self._budget = None
 
     def wake(self) -> None:
         """Wake every waiter (new event, or the server is shutting down)."""
@@ -171,3 +248,28 @@ class EventLog:
             return
         finally:
             self._waiters.discard(waiter)
+
+
+class LogSettings(Generic[_Owner]):
+    """How a store's event logs are bounded and charged, and who sees each event appended
+    (`on_event`, set while the emulator persists: it may change while logs exist)."""
+
+    def __init__(self, *, max_events: int, max_bytes: int, budget: MemoryBudget) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.budget = budget
+        self.on_event: Callable[[_Owner, LogEvent], None] | None = None
+
+    def new_log(self, owner: _Owner, *, start_seq: int = 0) -> EventLog:
+        """The event log of `owner` (a task, a chat)."""
+        return EventLog(
+            self.max_events,
+            max_bytes=self.max_bytes,
+            budget=self.budget,
+            on_append=lambda event: self._appended(owner, event),
+            start_seq=start_seq,
+        )
+
+    def _appended(self, owner: _Owner, event: LogEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(owner, event)

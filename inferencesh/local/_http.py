@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import json
 import logging
+import math
+import operator
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -15,8 +19,10 @@ from aiohttp import web
 
 from ._agents import parse_run_request
 from ._apps import InvalidField, parse_app_ref, parse_sim
+from ._budget import Overloaded
 from ._chats import Chat, ChatError
 from ._emulator import Emulator
+from ._gate import BodyGate, GateTimeoutError
 from ._streaming import (
     Connection,
     StreamSettings,
@@ -26,14 +32,17 @@ from ._streaming import (
 )
 from ._tasks import Task
 
-__all__ = ["build_application", "problem", "serve_stream"]
+__all__ = ["RequestBodyTimeout", "build_application", "log_rejected", "problem", "serve_stream"]
 
 logger = logging.getLogger("inferencesh.local")
 
 EMULATOR: web.AppKey[Emulator] = web.AppKey("inferencesh_emulator", Emulator)
 
-# Inputs travel inline (files are uploaded separately), but allow generous ones.
-_MAX_BODY = 16 * 1024 * 1024
+# The detail of a problem+json answer, kept on the response so the one log line can name it.
+_DETAIL: web.ResponseKey[str] = web.ResponseKey("inferencesh_problem_detail", str)
+
+# Request bodies handled at once, in units of the largest body (the memory they may take).
+_BODY_GATE_BODIES = 16
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -43,10 +52,18 @@ _CODES = {
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
+    408: "request_timeout",
     409: "conflict",
+    413: "payload_too_large",
+    414: "uri_too_long",
     429: "rate_limited",
+    431: "request_header_fields_too_large",
     500: "internal_error",
 }
+
+
+class RequestBodyTimeout(Exception):
+    """Set on a request's payload when its body did not arrive within `body_timeout`."""
 
 
 class _Problem(Exception):
@@ -80,16 +97,50 @@ def problem(
         "success": False,
         "error": {"code": code, "message": detail},
     }
-    return web.Response(
+    response = web.Response(
         status=status,
         body=json.dumps(body).encode("ascii"),
         content_type="application/problem+json",
         headers=headers,
     )
+    response[_DETAIL] = detail
+    return response
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _printable(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, control characters escaped: one log line stays one."""
+    text = _shorten(text, limit)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def log_rejected(method: str, path: str, status: int, detail: str) -> None:
+    """The one log line for a request answered with an error: method, path, status, reason.
+
+    A client's mistake is not the emulator's: no traceback, and INFO so a default logging
+    setup stays quiet.
+    """
+    logger.info(
+        "rejected %s %s: %d %s",
+        _printable(method, 16),
+        _printable(path, 100),
+        status,
+        _printable(detail, 200),
+    )
 
 
 def _envelope(data: Any) -> web.Response:
-    body = json.dumps({"success": True, "data": data, "messages": []})
+    return _envelope_json(json.dumps(data))
+
+
+def _envelope_json(data: str) -> web.Response:
+    """The success envelope around `data`, JSON text already encoded (a task's state)."""
+    body = '{"success":true,"data":' + data + ',"messages":[]}'
     return web.Response(body=body.encode("ascii"), content_type="application/json")
 
 
@@ -98,11 +149,29 @@ def _envelope(data: Any) -> web.Response:
 
 @web.middleware
 async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    """Turn every error into problem+json; never let a traceback reach the client."""
+    """Turn every error into problem+json and log it in one line; tracebacks only for bugs."""
+    try:
+        response = await _answer_or_problem(request, handler)
+    except web.HTTPException:
+        raise  # a redirect or other non-error answer: aiohttp sends it
+    except Exception:
+        logger.exception("internal error handling %s %s", request.method, request.path)
+        return problem(500, "internal error in the emulator")
+    if response.status >= 400:
+        detail = response.get(_DETAIL, response.reason or "")
+        log_rejected(request.method, request.path, response.status, detail)
+    return response
+
+
+async def _answer_or_problem(request: web.Request, handler: _Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except _Problem as exc:
         return problem(exc.status, exc.detail, code=exc.code)
+    except Overloaded as exc:
+        return problem(429, exc.detail, headers={"Retry-After": str(exc.retry_after)})
+    except GateTimeoutError as exc:
+        return problem(503, str(exc), headers={"Retry-After": "1"})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -114,9 +183,24 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
         else:
             detail = exc.reason
         return problem(exc.status, detail, headers=headers)
-    except Exception:
-        logger.exception("internal error handling %s %s", request.method, request.path)
-        return problem(500, "internal error in the emulator")
+    except RequestBodyTimeout as exc:
+        return problem(408, str(exc))
+    except web.RequestPayloadError as exc:
+        return problem(400, f"malformed request body ({exc})")
+
+
+@web.middleware
+async def _body_size(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """413 for a declared body over the limit, on every route, before anything else."""
+    limit = request.app[EMULATOR].options.http.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise _Problem(413, _too_large(request.content_length, limit))
+    return await handler(request)
+
+
+def _too_large(size: int | None, limit: int) -> str:
+    body = "request body" if size is None else f"request body of {size} bytes"
+    return f"field 'body': {body} is over the limit of {limit} bytes"
 
 
 @web.middleware
@@ -152,15 +236,128 @@ async def _auth(request: web.Request, handler: _Handler) -> web.StreamResponse:
 # -- handlers -----------------------------------------------------------------------------------
 
 
+# A JSON string (a truncated one is not matched), and the bytes that are not brackets.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# An opening bracket steps the depth up by one, a closing one down: 2 and 0, minus 1 each.
+_DEPTH_STEPS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
+# A \uD800-\uDFFF escape: the body may hold a lone surrogate, which is not text.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _nesting_depth(raw: bytes) -> int:
+    """How deep arrays and objects nest in `raw`, counting no bracket inside a string.
+
+    No recursion and no Python loop per byte: strings are cut out, the brackets left become
+    +1/-1 steps, and the depth is the highest running sum.
+    """
+    steps = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS).translate(_DEPTH_STEPS)
+    return max(map(operator.sub, itertools.accumulate(steps), itertools.count(1)), default=0)
+
+
+class _BadValue:
+    """A value json.loads met that the emulator refuses; found and named after parsing."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _first_bad_value(body: Any) -> tuple[str, str] | None:
+    """The path and problem of the first refused value (or lone surrogate), walked iteratively."""
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, _BadValue):
+            return path or "body", value.problem
+        if isinstance(value, str):
+            if not _is_text(value):
+                return path or "body", "string holds a lone UTF-16 surrogate (\\ud800-\\udfff)"
+        elif isinstance(value, dict):
+            children: list[tuple[str, Any]] = []
+            for key, item in value.items():
+                here = f"{path}.{key}" if path else str(key)
+                if not _is_text(key):
+                    return _shorten(here, 100), "key holds a lone UTF-16 surrogate"
+                children.append((_shorten(here, 100), item))
+            stack.extend(reversed(children))
+        elif isinstance(value, list):
+            stack.extend(
+                (f"{path or 'body'}[{i}]", item) for i, item in reversed(list(enumerate(value)))
+            )
+    return None
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 async def _json_object(request: web.Request, *, empty: dict[str, Any] | None = None) -> Any:
-    """The request body as a JSON object (400 otherwise); `empty` stands in for no body."""
-    raw = await request.read()
+    """The request body as a JSON object, else a 4xx naming the problem; `empty` stands in for
+    no body. The one decoder of request bodies.
+
+    It refuses what the emulator cannot hold or the hosted API would not take: a body over
+    `max_body_bytes` (413) or late (408), bytes that are not UTF-8, nesting deeper than
+    `max_json_depth` (checked on the bytes before parsing, so parsing cannot recurse too
+    deep), NaN and infinities (`1e999` included), integers too long for `int`, and strings with
+    lone surrogates (400, naming the field).
+    """
+    limits = request.app[EMULATOR].options.http
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _Problem(413, _too_large(None, limits.max_body_bytes)) from None
+    except RequestBodyTimeout as exc:
+        raise _Problem(408, str(exc)) from None
+    except web.RequestPayloadError as exc:
+        raise _Problem(400, f"field 'body': malformed request body ({exc})") from None
+    except ConnectionError:  # the client hung up; the answer is for the log only
+        raise _Problem(400, "field 'body': the connection closed before the body arrived") from None
     if empty is not None and not raw.strip():
         return empty
+    if _nesting_depth(raw) > limits.max_json_depth:
+        raise _Problem(400, f"field 'body': JSON nested deeper than {limits.max_json_depth} levels")
     try:
-        body = json.loads(raw)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Problem(
+            400, f"field 'body': request body is not UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
+    refused: list[_BadValue] = []
+
+    def refuse(problem: str) -> _BadValue:
+        refused.append(_BadValue(problem))
+        return refused[-1]
+
+    def parse_constant(name: str) -> _BadValue:
+        return refuse(f"{name} is not a JSON number (numbers must be finite)")
+
+    def parse_float(literal: str) -> float | _BadValue:
+        value = float(literal)
+        if math.isfinite(value):
+            return value
+        return refuse(f"number {_shorten(literal, 40)} is out of range (numbers must be finite)")
+
+    def parse_int(literal: str) -> int | _BadValue:
+        try:
+            return int(literal)
+        except ValueError:
+            return refuse(f"integer of {len(literal)} digits is too long")
+
+    try:
+        body = json.loads(
+            text, parse_constant=parse_constant, parse_float=parse_float, parse_int=parse_int
+        )
     except (ValueError, RecursionError) as exc:
-        raise _Problem(400, f"field 'body': request body is not valid JSON ({exc})") from None
+        detail = _shorten(str(exc), 200)
+        raise _Problem(400, f"field 'body': request body is not valid JSON ({detail})") from None
+    if refused or _SURROGATE_ESCAPE.search(raw):
+        found = _first_bad_value(body)
+        if found is not None:
+            raise _Problem(400, f"field '{found[0]}': {found[1]}")
     if not isinstance(body, dict):
         raise _Problem(400, "field 'body': request body must be a JSON object")
     return body
@@ -199,7 +396,7 @@ async def _run_app(request: web.Request) -> web.Response:
     elif session is not None:
         session_id = session
     task = emulator._start_task(body["app"], input, fn=fn, sim=sim, session_id=session_id)
-    return _envelope(task.to_dict())
+    return _envelope_json(task.state_frame().data)
 
 
 def _task_or_404(request: web.Request) -> Task:
@@ -211,7 +408,7 @@ def _task_or_404(request: web.Request) -> Task:
 
 
 async def _get_task(request: web.Request) -> web.Response:
-    return _envelope(_task_or_404(request).to_dict())
+    return _envelope_json(_task_or_404(request).state_frame().data)
 
 
 async def _cancel_task(request: web.Request) -> web.Response:
@@ -317,7 +514,21 @@ async def serve_stream(request: web.Request, source: StreamSource) -> web.Stream
 
 def build_application(emulator: Emulator) -> web.Application:
     """The aiohttp application for `emulator` (see `Emulator.make_app`)."""
-    app = web.Application(middlewares=[_errors, _faults, _auth], client_max_size=_MAX_BODY)
+    limits = emulator.options.http
+    gate = BodyGate(
+        _BODY_GATE_BODIES * limits.max_body_bytes,
+        max_body=limits.max_body_bytes,
+        timeout=limits.body_timeout,
+    )
+
+    @web.middleware
+    async def _gate(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        return await gate.handle(request, handler)
+
+    app = web.Application(
+        middlewares=[_errors, _body_size, _gate, _faults, _auth],
+        client_max_size=limits.max_body_bytes,
+    )
     app[EMULATOR] = emulator
     app.router.add_post("/apps/run", _run_app)
     app.router.add_get("/tasks/{task_id}", _get_task, allow_head=False)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
+
+from ._limits import HttpLimits
 
 if TYPE_CHECKING:
     from ._agents import AgentContext
@@ -46,6 +49,10 @@ def _optional_count(_: Any, attribute: attrs.Attribute[Any], value: int | None) 
         raise ValueError(f"{attribute.name} must be None or an integer >= 1, got {value!r}")
 
 
+def _optional_path(value: str | os.PathLike[str] | None) -> str | None:
+    return None if value is None else os.fspath(value)
+
+
 def _count(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{attribute.name} must be an integer >= 1, got {value!r}")
@@ -66,6 +73,19 @@ class EmulatorOptions:
     `tool_timeout` bounds each wait for a client tool result. Chats share the task limits:
     an idle chat is kept `finished_task_ttl` seconds, at most `max_finished_tasks` idle chats,
     and `max_events_per_task` events of each chat's log.
+
+    `http`: the HTTP layer's limits (sizes, timeouts, connections); see `HttpLimits`.
+
+    Bounds (what no client can make the emulator exceed): each event log keeps at most
+    `max_event_log_bytes` (older events are dropped; a resume from before them gets a fresh
+    snapshot); each task keeps `max_log_bytes` of log lines (then one truncation line);
+    `max_live_tasks` tasks and `max_live_chats` busy chats run at once (429 beyond); a task or
+    agent run still going after `task_lifetime` seconds is failed; and `memory_budget` bytes of
+    inputs, logs, messages and event logs are held in all (ended tasks and idle chats are
+    dropped oldest first to make room; 429 when live ones alone fill it).
+
+    `data_dir`: keep tasks, their event logs and chats in a SQLite database in this folder, so
+    they survive a restart (None: in memory only).
     """
 
     api_key: str | None = attrs.field(default=None, repr=False)
@@ -80,10 +100,18 @@ class EmulatorOptions:
     finished_task_ttl: float = attrs.field(default=600.0, validator=_non_negative)
     max_finished_tasks: int = attrs.field(default=1000, validator=_count)
     max_events_per_task: int = attrs.field(default=10_000, validator=_count)
+    max_event_log_bytes: int = attrs.field(default=256 * 1024, validator=_count)
+    max_log_bytes: int = attrs.field(default=64 * 1024, validator=_count)
+    max_live_tasks: int = attrs.field(default=2_500, validator=_count)
+    max_live_chats: int = attrs.field(default=500, validator=_count)
+    task_lifetime: float = attrs.field(default=3600.0, validator=_positive)
+    memory_budget: int = attrs.field(default=256 * 1024 * 1024, validator=_count)
+    data_dir: str | None = attrs.field(default=None, converter=_optional_path)
     apps: Mapping[str, AppFunction] = attrs.field(factory=dict)
     agents: Mapping[str, AgentFunction] = attrs.field(factory=dict)
     agent_step_delay: float | None = attrs.field(default=None, validator=_optional_non_negative)
     tool_timeout: float = attrs.field(default=30.0, validator=_positive)
+    http: HttpLimits = attrs.field(factory=HttpLimits)
 
     def __attrs_post_init__(self) -> None:
         if self.api_key is not None and not self.api_key:

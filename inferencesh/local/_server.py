@@ -6,8 +6,8 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 
 import anyio.from_thread
-from aiohttp import web
 
+from ._connections import start_site
 from ._emulator import Emulator
 from ._options import EmulatorOptions
 
@@ -32,20 +32,18 @@ async def serve(
 ) -> AsyncIterator[str]:
     """Serve an emulator in the running event loop; yields its base URL.
 
-    `port=0` picks a free port. On exit, open streams end, running tasks are cancelled, and
-    the port is released.
+    `port=0` picks a free port. The options' `http` limits (`HttpLimits`) bound what clients
+    may send. On exit, open streams end, running tasks are cancelled, and the port is released.
     """
     emulator = _emulator(emu_or_options)
-    runner = web.AppRunner(
+    runner = await start_site(
         emulator.make_app(),
-        handle_signals=False,
-        access_log=None,
+        emulator.options.http,
+        host,
+        port,
         shutdown_timeout=_SHUTDOWN_TIMEOUT,
     )
-    await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
         bound_host, bound_port = runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         yield f"http://{shown}:{bound_port}"

@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
+import json
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from .._status import TaskStatus
 from ._apps import AppContext
-from ._eventlog import EventLog, Frame, Snapshot, encode_json
+from ._budget import OVERHEAD, MemoryBudget, Overloaded, Retention
+from ._eventlog import Frame, LogEvent, LogSettings, Snapshot, encode_json
 from ._hub import ChangeHub
+from ._journal import Record
 from ._options import AppFunction
 
 __all__ = ["Task", "TaskStore"]
@@ -40,24 +42,24 @@ class Task:
 
     Every mutation happens on the server's loop while holding the hub's lock, appends one event
     to `log` and notifies the hub. Status changes append a full snapshot; app reports between
-    two awaits of the app are coalesced into one per-step `{"data", "fields"}` update.
+    two awaits of the app are coalesced into one per-step `{"data", "fields"}` update. The
+    input is held once, as JSON text that every snapshot refers to.
     """
 
     def __init__(
         self,
+        store: TaskStore,
         *,
         app: str,
-        input: dict[str, Any],
+        input_json: str,
         session_id: str | None,
-        hub: ChangeHub,
-        max_events: int,
-        on_finished: Callable[[Task], None] | None = None,
+        record: Record | None = None,
     ) -> None:
         token = secrets.token_hex(10)
-        self.id = f"task_{token}"
+        self.id = record.id if record is not None else f"task_{token}"
         self.short_id = token[:8]
         self.app = app
-        self.input = input
+        self.input_json = input_json
         self.session_id = session_id
         self.created_at = self.updated_at = _now()
         self.status = TaskStatus.RECEIVED
@@ -65,28 +67,76 @@ class Task:
         self.error: str | None = None
         self.logs: list[str] = []
         self.progress: dict[str, float] | None = None
-        self.log = EventLog(max_events)
         self.runner: asyncio.Task[None] | None = None
         self.cancel_requested = False
+        self.started_at = time.monotonic()
         self.finished_at: float | None = None
-        self._hub = hub
-        self._on_finished = on_finished
+        self._store = store
+        self._hub = store.hub
+        # Bytes charged besides the event log: the input, and while the task runs its app's
+        # own decoded copy of it (given back when the task ends).
+        self._held = 2 * len(input_json) + OVERHEAD
+        self._log_bytes = 0
+        self._log_truncated = False
+        self._reap_reason: str | None = None
         self._pending_logs: list[str] = []
         self._pending_progress: dict[str, float] | None = None
         self._pending_output: tuple[Any] | None = None
         self._flush_scheduled = False
-        with hub.lock:
-            self.log.append(Frame(encode_json(self.to_dict())))
-        hub.notify()
+        if record is not None:
+            self._reload(record)
+            return
+        store.budget.charge(self._held)
+        self.log = store.logs.new_log(self)
+        with self._hub.lock:
+            self.log.append(self.state_frame())
+        self._hub.notify()
+
+    def _reload(self, record: Record) -> None:
+        """Take the state and events persisted before a restart (what can fail, reading it
+        back, comes before anything is charged to the budget)."""
+        state = dict(record.state)
+        for stored in record.events:  # the step updates after the checkpoint
+            if stored.seq > record.state_seq:
+                _replay(state, json.loads(stored.head + stored.tail))
+        self._store.budget.charge(self._held)
+        self.short_id = str(state.get("short_id", self.short_id))
+        self.created_at = str(state.get("created_at", self.created_at))
+        self.updated_at = str(state.get("updated_at", self.updated_at))
+        self.status = TaskStatus.parse(state.get("status"))
+        self.output = state.get("output")
+        self.error = state.get("error")
+        self.logs = list(state.get("logs") or [])
+        self.progress = state.get("progress")
+        self._log_bytes = sum(len(line) + OVERHEAD for line in self.logs)
+        self._hold(self._log_bytes)
+        if self.is_terminal:
+            self._hold(-len(self.input_json))  # no app holds a copy
+        ago = record.ended_ago()
+        if ago is not None:
+            self.finished_at = time.monotonic() - ago
+        start = record.events[0].seq - 1 if record.events else record.state_seq
+        self.log = self._store.logs.new_log(self, start_seq=start)
+        for stored in record.events:
+            self.log.restore(LogEvent(stored.seq, stored.frame(self.input_json), stored.terminal))
+
+    def __repr__(self) -> str:
+        return f"<Task {self.id} {self.app} {self.status.value}>"
 
     # -- reading ---------------------------------------------------------------------------
 
+    @property
+    def input(self) -> Any:
+        """The task's input (a fresh copy)."""
+        return json.loads(self.input_json)
+
     def to_dict(self) -> dict[str, Any]:
         """The full task object of the wire contract (a consistent copy, from any thread)."""
-        with self._hub.lock:
-            return self._to_dict()
+        result: dict[str, Any] = json.loads(self.state_frame().data)
+        return result
 
-    def _to_dict(self) -> dict[str, Any]:
+    def _state(self) -> dict[str, Any]:
+        """The task object without its input."""
         return {
             "id": self.id,
             "short_id": self.short_id,
@@ -95,20 +145,23 @@ class Task:
             "status_text": self.status.value,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
-            "input": self.input,
             "output": self.output,
             "error": self.error,
             "session_id": self.session_id,
-            "logs": list(self.logs),
-            "progress": dict(self.progress) if self.progress is not None else None,
+            "logs": self.logs,
+            "progress": self.progress,
         }
+
+    def state_frame(self) -> Frame:
+        """The full task object as one frame that refers to the input held once."""
+        with self._hub.lock:
+            rest = encode_json(self._state())
+        return Frame('{"input":', shared=self.input_json, tail="," + rest[1:], full=True)
 
     def snapshot(self) -> Snapshot:
         """The current full state as one frame, consistent with `log.last_seq`."""
         with self._hub.lock:
-            return Snapshot(
-                self.log.last_seq, (Frame(encode_json(self._to_dict())),), self.status.is_terminal
-            )
+            return Snapshot(self.log.last_seq, (self.state_frame(),), self.status.is_terminal)
 
     @property
     def is_terminal(self) -> bool:
@@ -118,10 +171,21 @@ class Task:
     # -- app reports (through AppContext) ---------------------------------------------------
 
     def add_log(self, line: str) -> None:
-        """Queue a log line for the next step update."""
-        if not self.is_terminal:
-            self._pending_logs.append(line)
-            self._schedule_flush()
+        """Queue a log line for the next step update; past `max_log_bytes`, one notice."""
+        if self.is_terminal or self._log_truncated:
+            return
+        limit = self._store.max_log_bytes
+        if self._log_bytes + len(line) + OVERHEAD > limit:
+            self._log_truncated = True
+            line = f"[inferencesh emulator: log truncated at {limit} bytes; later lines dropped]"
+        self._log_bytes += len(line) + OVERHEAD
+        self._hold(len(line) + OVERHEAD)
+        self._pending_logs.append(line)
+        self._schedule_flush()
+
+    def _hold(self, size: int) -> None:
+        self._held += size
+        self._store.budget.charge(size)
 
     def set_progress(self, current: float, total: float) -> None:
         """Queue a progress report for the next step update."""
@@ -165,6 +229,12 @@ class Task:
             self.log.append(Frame(encode_json({"data": data, "fields": fields})))
         self._hub.notify()
 
+    def release(self) -> None:
+        """Give back every byte this task holds (it is forgotten)."""
+        self._store.budget.charge(-self._held)
+        self._held = 0
+        self.log.release()
+
     # -- status flow --------------------------------------------------------------------------
 
     def transition(
@@ -184,10 +254,11 @@ class Task:
                 self.error = error
             if status.is_terminal:
                 self.finished_at = time.monotonic()
-            self.log.append(Frame(encode_json(self._to_dict())), terminal=status.is_terminal)
+            self.log.append(self.state_frame(), terminal=status.is_terminal)
         self._hub.notify()
-        if status.is_terminal and self._on_finished is not None:
-            self._on_finished(self)
+        if status.is_terminal:
+            self._hold(-len(self.input_json))  # the app is done with its copy
+            self._store.finished(self)
 
     def request_cancel(self) -> None:
         """Cancel: cancelling (8) now, cancelled (12) once the runner has stopped."""
@@ -213,7 +284,7 @@ class Task:
                 await asyncio.Event().wait()
         ctx = AppContext(self, task_id=self.id, app=self.app)
         try:
-            result = fn(copy.deepcopy(self.input), ctx)
+            result = fn(self.input, ctx)
             if inspect.isawaitable(result):
                 result = await result
             output = _as_output(result)
@@ -227,19 +298,47 @@ class Task:
         await asyncio.sleep(transition_delay)
         self.transition(TaskStatus.COMPLETED, output=output)
 
+    def reap(self, reason: str) -> None:
+        """Fail a task that has outlived its lifetime (its app is cancelled)."""
+        if self.is_terminal:
+            return
+        self._reap_reason = reason
+        if self.runner is not None and not self.runner.done():
+            self.runner.cancel()
+        else:
+            self.transition(TaskStatus.FAILED, error=reason)
+
     def runner_done(self, runner: asyncio.Task[None]) -> None:
         """Finish a task whose runner stopped without ending it (cancelled, crashed, shutdown)."""
         if runner.cancelled():
             if self.cancel_requested:
                 self.transition(TaskStatus.CANCELLED)
             else:
-                self.transition(TaskStatus.FAILED, error="the emulator stopped")
+                error = self._reap_reason or "the emulator stopped"
+                self.transition(TaskStatus.FAILED, error=error)
             return
         exc = runner.exception()
         if exc is not None:
             self.transition(TaskStatus.FAILED, error=f"emulator error: {exc!r}")
         elif self.cancel_requested:  # the app swallowed its cancellation and returned
             self.transition(TaskStatus.CANCELLED)
+
+
+def _replay(state: dict[str, Any], payload: Any) -> None:
+    """Apply one logged task event to a task object (the reload of a restart)."""
+    if not isinstance(payload, dict):
+        return
+    if "fields" not in payload:  # a whole state (its input is not needed here)
+        state.update(payload)
+        return
+    data = payload.get("data") or {}
+    for key in payload["fields"]:
+        if key == "logs":
+            state["logs"] = list(state.get("logs") or []) + list(data.get("logs") or [])
+        elif key in data:
+            state[key] = data[key]
+    if "status" in data:
+        state["status"] = data["status"]
 
 
 def _as_output(result: Any) -> dict[str, Any]:
@@ -253,62 +352,139 @@ def _as_output(result: Any) -> dict[str, Any]:
 
 
 class TaskStore:
-    """All tasks by id; finished ones are kept for `ttl` seconds and at most `max_finished`."""
+    """All tasks by id, and what bounds them: finished ones are kept for `ttl` seconds and at
+    most `max_finished`; live ones at most `max_live`, each for `lifetime` seconds; every byte
+    they hold is charged to `budget`, which may drop the oldest finished ones."""
 
-    def __init__(self, hub: ChangeHub, *, ttl: float, max_finished: int) -> None:
-        self._hub = hub
-        self._ttl = ttl
-        self._max_finished = max_finished
+    def __init__(
+        self,
+        hub: ChangeHub,
+        budget: MemoryBudget,
+        *,
+        ttl: float,
+        max_finished: int,
+        max_live: int,
+        lifetime: float,
+        max_events: int,
+        max_event_bytes: int,
+        max_log_bytes: int,
+    ) -> None:
+        self.hub = hub
+        self.budget = budget
+        self.max_log_bytes = max_log_bytes
+        self.logs = LogSettings[Task](
+            max_events=max_events, max_bytes=max_event_bytes, budget=budget
+        )
+        self._max_live = max_live
+        self._lifetime = lifetime
         self._tasks: dict[str, Task] = {}
-        self._finished: OrderedDict[str, float] = OrderedDict()
+        self._live: dict[str, Task] = {}  # in creation order: the oldest is reaped first
+        self._finished = Retention(ttl=ttl, max_count=max_finished, drop=self._forget)
+        self.on_finished: list[Callable[[Task], None]] = []
+        self.on_forget: Callable[[str], None] | None = None
+        budget.add_source(self._finished.oldest)
 
-    def add(self, task: Task) -> None:
-        """Store a new task."""
-        with self._hub.lock:
+    def create(self, *, app: str, input_json: str, session_id: str | None) -> Task:
+        """A new task, if the live cap and the memory budget allow (`Overloaded` if not)."""
+        with self.hub.lock:
+            if len(self._live) >= self._max_live:
+                raise Overloaded(
+                    f"too many tasks running: the emulator runs at most {self._max_live} at once"
+                )
+            self.budget.admit(2 * len(input_json) + OVERHEAD, "the new task")
+            task = Task(self, app=app, input_json=input_json, session_id=session_id)
             self._tasks[task.id] = task
+            self._live[task.id] = task
             self.expire()
+            return task
+
+    def reload(self, record: Record) -> Task | None:
+        """Keep a task persisted before a restart; one that was running fails ("worker lost").
+
+        None when it had expired meanwhile.
+        """
+        ago = record.ended_ago()
+        if ago is not None and ago >= self._finished.ttl:
+            return None
+        meta = record.meta
+        with self.hub.lock:
+            task = Task(
+                self,
+                app=str(meta.get("app", "")),
+                input_json=str(meta.get("input", "{}")),
+                session_id=meta.get("session_id"),
+                record=record,
+            )
+            self._tasks[task.id] = task
+            if task.is_terminal:
+                self._finished.add(task.id, task.finished_at or time.monotonic())
+                return task
+            self._live[task.id] = task
+        task.transition(
+            TaskStatus.FAILED, error="worker lost: the emulator stopped while the task ran"
+        )
+        return task
 
     def get(self, task_id: str) -> Task | None:
         """The task with this id, unless unknown or expired."""
-        with self._hub.lock:
+        with self.hub.lock:
             self.expire()
             return self._tasks.get(task_id)
 
     def __len__(self) -> int:
-        with self._hub.lock:
+        with self.hub.lock:
             return len(self._tasks)
 
-    def mark_finished(self, task: Task) -> None:
+    @property
+    def live(self) -> int:
+        """How many tasks have not ended."""
+        with self.hub.lock:
+            return len(self._live)
+
+    def finished(self, task: Task) -> None:
         """Start the retention clock of a task that has ended; drop the oldest over the cap."""
-        with self._hub.lock:
-            self._finished[task.id] = task.finished_at or time.monotonic()
+        with self.hub.lock:
+            self._live.pop(task.id, None)
+            self._finished.add(task.id, task.finished_at or time.monotonic())
             self.expire()
+        for callback in self.on_finished:
+            callback(task)
+
+    def _forget(self, task_id: str) -> None:
+        task = self._tasks.pop(task_id, None)
+        if task is not None:
+            task.release()
+        if self.on_forget is not None:
+            self.on_forget(task_id)
 
     def expire(self) -> int:
         """Forget finished tasks past their ttl or over the count cap; return how many."""
-        dropped = 0
-        with self._hub.lock:
-            deadline = time.monotonic() - self._ttl
-            while self._finished:
-                task_id, finished = next(iter(self._finished.items()))
-                if finished > deadline and len(self._finished) <= self._max_finished:
-                    break
-                self._finished.popitem(last=False)
-                self._tasks.pop(task_id, None)
-                dropped += 1
+        with self.hub.lock:
+            dropped = self._finished.expire()
         if dropped:
-            self._hub.notify()
+            self.hub.notify()
         return dropped
+
+    def reap(self) -> int:
+        """Fail the tasks that have run longer than their lifetime; return how many."""
+        with self.hub.lock:
+            deadline = time.monotonic() - self._lifetime
+            due = [task for task in self._live.values() if task.started_at <= deadline]
+        reason = f"the task ran longer than the emulator's task lifetime ({self._lifetime:g} s)"
+        for task in due:
+            task.reap(reason)
+        return len(due)
 
     def runners(self) -> list[asyncio.Task[None]]:
         """The runners still going (for shutdown)."""
-        with self._hub.lock:
+        with self.hub.lock:
             return [t.runner for t in self._tasks.values() if t.runner and not t.runner.done()]
 
-    def next_expiry_in(self) -> float | None:
-        """Seconds until the oldest finished task expires, or None when none is finished."""
-        with self._hub.lock:
-            if not self._finished:
-                return None
-            oldest = next(iter(self._finished.values()))
-            return max(0.0, oldest + self._ttl - time.monotonic())
+    def next_due_in(self) -> float | None:
+        """Seconds until the oldest finished task expires or the oldest live one is reaped."""
+        with self.hub.lock:
+            dues = [self._finished.next_due_in()]
+            if self._live:
+                oldest = next(iter(self._live.values())).started_at
+                dues.append(max(0.0, oldest + self._lifetime - time.monotonic()))
+            return min((due for due in dues if due is not None), default=None)
