@@ -152,13 +152,15 @@ def peak_rss_mib(pid: int) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 async def test_rss_stays_under_the_documented_bound() -> None:
-    """The worst requests, thousands of never-ending tasks, big inputs and big messages
-    against a server with default settings: its peak RSS stays under the documented bound."""
+    """A thousand unfinished requests, the worst simulated tasks, thousands of never-ending
+    tasks, big inputs and big messages against a server with default settings: its peak RSS
+    stays under the documented bound."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "inferencesh", "serve", "--port", "0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     codes: dict[int, int] = {}
+    idle: list[asyncio.StreamWriter] = []
     try:
         assert proc.stdout is not None
         async with asyncio.timeout(20):
@@ -181,6 +183,11 @@ async def test_rss_stays_under_the_documented_bound() -> None:
 
                 await asyncio.gather(*(one() for _ in range(count)))
 
+            host, port = url.group(1).removeprefix("http://").split(":")
+            for _ in range(1000):  # connections that never finish their request
+                _, writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"POST /apps/run HTTP/1.1\r\nContent-Length: 1000000\r\n")
+                idle.append(writer)
             worst = {"sim": {"steps": 1000, "step_delay": 0, "log_bytes": 4096}}
             await send("/apps/run", {"app": "a/b", "input": worst}, 300)
             await send("/apps/run", {"app": "a/b", "input": {"prompt": "p" * 20_000}}, 1000)
@@ -190,6 +197,8 @@ async def test_rss_stays_under_the_documented_bound() -> None:
             await send("/agents/run", {"agent": "a/b", "input": {"text": "t" * 1_000_000}}, 400)
         peak = peak_rss_mib(proc.pid)
     finally:
+        for writer in idle:
+            writer.close()
         proc.terminate()
         await proc.wait()
     assert codes.get(500, 0) == 0

@@ -244,12 +244,13 @@ class Emulator:
         return build_application(self)
 
     async def _startup(self) -> None:
-        """Bind to the running loop and start housekeeping (aiohttp on_startup)."""
+        """Reload what was persisted, bind to the running loop and start housekeeping
+        (aiohttp on_startup). A data folder that cannot be used stops the start first."""
+        if self.options.data_dir is not None:
+            self._open_journal(self.options.data_dir)
         self._stopping = False
         self._hub.loop_thread = threading.get_ident()
         self._housekeeping_wakeup = asyncio.Event()
-        if self.options.data_dir is not None:
-            self._open_journal(self.options.data_dir)
         self._housekeeper = asyncio.get_running_loop().create_task(
             self._housekeeping(), name="inferencesh.local housekeeping"
         )
@@ -279,6 +280,14 @@ class Emulator:
         self.tasks.logs.on_event, self.tasks.on_forget = task_event, journal.forget
         self.chats.logs.on_event, self.chats.on_forget = chat_event, journal.forget
         self.chats.on_change = chat_changed
+        try:
+            self._reload(journal)
+        except BaseException:
+            self._close_journal()  # release the folder: the server does not start
+            raise
+
+    def _reload(self, journal: Journal) -> None:
+        """Take back the tasks and chats persisted before a restart."""
         for record in journal.load():
             store = self.tasks if record.kind == "task" else self.chats
             if store.get(record.id) is not None:
