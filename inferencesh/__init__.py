@@ -29,6 +29,10 @@ from ._exceptions import (
     RequirementsNotMetError,
     RetriesExhaustedError,
     ServerError,
+    SessionEndedError,
+    SessionError,
+    SessionExpiredError,
+    SessionNotFoundError,
     SSELineTooLongError,
     StreamInterruptedError,
     TaskCancelledError,
@@ -40,11 +44,14 @@ from ._exceptions import (
     TransportError,
     UsageError,
 )
+from ._files import File, TransferProgress
+from ._requirements import RequirementError, SetupAction
 from ._retry import RetryPolicy
+from ._sessions import AsyncSession, SessionInfo
 from ._status import TaskStatus
 from ._stream import ItemStream
 from ._streaming import StreamingOptions
-from ._sync_client import Agent, Inference, SyncStream, inference
+from ._sync_client import Agent, Inference, Session, SyncStream, inference
 from ._version import __version__
 
 __all__ = [
@@ -55,6 +62,7 @@ __all__ = [
     "async_inference",
     "AsyncAgent",
     "AsyncInference",
+    "AsyncSession",
     "AuthenticationError",
     "BadRequestError",
     "ChatMessage",
@@ -62,6 +70,7 @@ __all__ = [
     "ConnectError",
     "EventGapError",
     "EventTooLargeError",
+    "File",
     "HeadersTimeoutError",
     "IdleTimeoutError",
     "Inference",
@@ -74,10 +83,18 @@ __all__ = [
     "ProtocolError",
     "RateLimitError",
     "RequestTimeoutError",
+    "RequirementError",
     "RequirementsNotMetError",
     "RetriesExhaustedError",
     "RetryPolicy",
     "ServerError",
+    "Session",
+    "SessionEndedError",
+    "SessionError",
+    "SessionExpiredError",
+    "SessionInfo",
+    "SessionNotFoundError",
+    "SetupAction",
     "SSELineTooLongError",
     "StreamingOptions",
     "StreamInterruptedError",
@@ -92,6 +109,7 @@ __all__ = [
     "TaskUpdate",
     "ToolCall",
     "ToolCallError",
+    "TransferProgress",
     "TransportError",
     "UsageError",
     "__version__",

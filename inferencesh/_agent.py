@@ -23,6 +23,7 @@ import attrs
 
 from ._events import MappingReads
 from ._exceptions import AgentError, ProtocolError, ToolCallError, UsageError
+from ._files import file_ref, is_uploadable, upload, upload_all
 from ._reader import Codec, StreamReader
 from ._stream import ItemStream
 from ._streaming import StreamingOptions
@@ -351,23 +352,41 @@ class AsyncAgent:
         """The chat this agent talks in; set by the first message."""
         return self._chat_id
 
-    def stream(self, text: str) -> ItemStream[AgentEvent]:
+    def stream(self, text: str, *, files: Sequence[Any] = ()) -> ItemStream[AgentEvent]:
         """Send `text` and yield what happens: text and thinking pieces, tool calls, and last
-        the finished assistant `ChatMessage`. Raises `AgentError` if the run fails."""
+        the finished assistant `ChatMessage`. Raises `AgentError` if the run fails.
+
+        `files` are attached to the message: `File`s as they are, and paths, bytes, binary
+        file objects and `data:` URIs uploaded first (as in a task's input).
+        """
         if not isinstance(text, str):
             raise UsageError(f"message text must be a string, got {type(text).__name__}")
+        attached = _attachable(files)
 
         async def start() -> tuple[ChatCodec, Sequence[ChatEvent]]:
-            return await self._send(text), ()
+            return await self._send(text, await self._attachments(attached)), ()
 
         reader: StreamReader[ChatEvent] = StreamReader(self._transport, self._options, start)
         return ItemStream(reader, _chat_view)
 
-    async def _send(self, text: str) -> ChatCodec:
+    async def _attachments(self, files: Sequence[Any]) -> list[dict[str, Any]]:
+        uploaded = await upload_all(
+            files,
+            lambda value: upload(
+                self._transport, value, filename=None, content_type=None, progress=None,
+                options=self._options,
+            ),
+        )  # fmt: skip
+        return [file_ref(file) for file in uploaded]
+
+    async def _send(self, text: str, attachments: list[dict[str, Any]]) -> ChatCodec:
+        message: dict[str, Any] = {"text": text}
+        if attachments:
+            message["attachments"] = attachments
         reply = await self._transport.request(
             "POST",
             "/agents/run",
-            json_body={"chat_id": self._chat_id, "input": {"text": text}, "agent": self.ref},
+            json_body={"chat_id": self._chat_id, "input": message, "agent": self.ref},
         )
         user, assistant = _reply_messages(reply)
         chat_id = assistant.get("chat_id") or user.get("chat_id")
@@ -386,6 +405,7 @@ class AsyncAgent:
         self,
         text: str,
         *,
+        files: Sequence[Any] = (),
         on_message: MessageCallback | None = None,
         on_tool_call: ToolCallCallback | None = None,
     ) -> ChatMessage:
@@ -397,7 +417,7 @@ class AsyncAgent:
         never left waiting for this client.
         """
         final: ChatMessage | None = None
-        events = self.stream(text)
+        events = self.stream(text, files=files)
         try:
             async for event in events:
                 if isinstance(event, ChatMessage):
@@ -417,11 +437,17 @@ class AsyncAgent:
         except Exception as exc:  # the original failure matters more; keep it, log this
             logger.warning("could not stop chat %s after a failure: %r", self._chat_id, exc)
 
-    async def submit_tool_result(self, call_id: str, result: Any) -> None:
-        """Answer a client tool call; a non-string result is sent as JSON."""
+    async def submit_tool_result(
+        self, call_id: str, result: Any, *, attachments: Sequence[Any] = ()
+    ) -> None:
+        """Answer a client tool call; a non-string result is sent as JSON. `attachments`
+        (at most 20) go with it, uploaded first as `send_message`'s `files` are."""
         if not isinstance(call_id, str) or not call_id:
             raise UsageError(f"call_id must be a non-empty string, got {call_id!r:.80}")
         body = encode_tool_result(result)
+        attached = _attachable(attachments)
+        if attached:
+            body["attachments"] = await self._attachments(attached)
         await self._transport.request("POST", f"/tools/{quote(call_id, safe='')}", json_body=body)
 
     async def stop(self) -> None:
@@ -430,6 +456,21 @@ class AsyncAgent:
             raise UsageError("this agent has no chat yet: send a message first")
         path = f"/chats/{quote(self._chat_id, safe='')}/stop"
         await self._transport.request("POST", path, idempotent=True)
+
+
+# The most files one message or tool result may carry (protocol: section 3.3).
+_MAX_ATTACHMENTS = 20
+
+
+def _attachable(files: Sequence[Any]) -> list[Any]:
+    if isinstance(files, str | bytes) or not isinstance(files, Sequence):
+        raise UsageError("files must be a list of files (paths, bytes, file objects, Files)")
+    if len(files) > _MAX_ATTACHMENTS:
+        raise UsageError(f"at most {_MAX_ATTACHMENTS} files go with one message")
+    for value in files:
+        if not is_uploadable(value) and not isinstance(value, str):
+            raise UsageError(f"cannot attach a {type(value).__name__}")
+    return list(files)
 
 
 def require_final(final: ChatMessage | None, chat_id: str | None) -> ChatMessage:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import reprlib
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, overload
+from typing import IO, Any, Literal, Self, overload
 from urllib.parse import quote
 
 import attrs
@@ -21,8 +22,10 @@ from ._exceptions import (
     TaskRejectedError,
     UsageError,
 )
+from ._files import File, ProgressCallback, download, upload, upload_inputs
 from ._reader import Codec, StreamReader
 from ._retry import RetryPolicy
+from ._sessions import AsyncSession, SessionInfo, session_info, session_path
 from ._status import TaskStatus
 from ._stream import ItemStream
 from ._streaming import StreamingOptions
@@ -75,6 +78,9 @@ class AsyncInference:
     `max_connections=None` leaves it unbounded, so fan-outs of thousands of streams are not
     throttled. Close it with `async with` or `aclose()`; a client left open inside
     `asyncio.run(...)` is closed when that loop shuts down, without warnings.
+
+    What the server says alongside an answer (the envelope's `messages`) is logged on the
+    `inferencesh.server` logger and given to `on_messages`, if set, as the list it sent.
     """
 
     def __init__(
@@ -86,6 +92,7 @@ class AsyncInference:
         max_connections: int | None = None,
         streaming_options: StreamingOptions | None = None,
         retry: RetryPolicy = DEFAULT_REQUEST_RETRY,
+        on_messages: Callable[[list[Any]], Any] | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("INFERENCE_API_KEY", "")
         self._options = streaming_options or StreamingOptions()
@@ -96,6 +103,7 @@ class AsyncInference:
             retry=retry,
             max_connections=max_connections,
             max_body_bytes=self._options.max_event_bytes,
+            on_messages=on_messages,
         )
 
     def __repr__(self) -> str:
@@ -182,8 +190,11 @@ class AsyncInference:
         return self._outcome(self._stream(lambda: self._create(params), options))
 
     async def _create(self, params: Params) -> tuple[TaskCodec, Sequence[TaskEvent]]:
+        body = dict(params)
+        if "input" in body:
+            body["input"] = await upload_inputs(body["input"], self._upload_input)
         # Not idempotent: a POST that may have reached the app is never sent twice.
-        data = await self._transport.request("POST", "/apps/run", json_body=dict(params))
+        data = await self._transport.request("POST", "/apps/run", json_body=body)
         task_id = data.get("id") if isinstance(data, Mapping) else None
         if not valid_task_id(task_id):
             raise ProtocolError(
@@ -213,6 +224,25 @@ class AsyncInference:
         path = f"/tasks/{_quote_id(task_id)}/cancel"
         await self._transport.request("POST", path, idempotent=True)
 
+    async def delete_task(self, task_id: str, *, files: bool = False) -> None:
+        """Delete a task; with `files=True` also the files it used and made."""
+        path = f"/tasks/{_quote_id(task_id)}" + ("?files=true" if files else "")
+        await self._transport.request("DELETE", path)
+
+    async def task_files(
+        self, task_id: str, *, role: Literal["input", "output"] | None = None
+    ) -> list[File]:
+        """The files a task used (`role="input"`) and made (`"output"`), or both."""
+        if role not in (None, "input", "output"):
+            raise UsageError(f'role must be None, "input" or "output", got {role!r:.40}')
+        path = f"/tasks/{_quote_id(task_id)}/files" + (f"?role={role}" if role else "")
+        data = await self._transport.request("GET", path)
+        if data is None:
+            return []
+        if not isinstance(data, list):
+            raise ProtocolError(f"GET {path} answered {preview(data)}, not a list of files")
+        return [File.from_wire(item) for item in data if isinstance(item, Mapping)]
+
     def stream_task(self, task_id: str, options: StreamingOptions | None = None) -> TaskStream:
         """Attach to an existing task's stream; the first update is its current state."""
         _quote_id(task_id)
@@ -222,6 +252,49 @@ class AsyncInference:
 
         return self._stream(start, options)
 
+    async def upload_file(
+        self,
+        source: str | os.PathLike[str] | bytes | IO[bytes],
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> File:
+        """Upload a file and return it; pass the `File` (or its `uri`) in an app's input.
+
+        `source` is a path (a `str` is a path, or a `data:` URI), `bytes`, or a binary file
+        object; the content streams from disk in chunks. The type comes from `content_type`,
+        the data URI, or the file name. `progress` is called with a `TransferProgress` as
+        bytes go out (a coroutine function is awaited).
+        """
+        return await upload(
+            self._transport, source, filename=filename, content_type=content_type,
+            progress=progress, options=self._options,
+        )  # fmt: skip
+
+    async def _upload_input(self, value: Any) -> File:
+        return await upload(
+            self._transport, value, filename=None, content_type=None, progress=None,
+            options=self._options,
+        )  # fmt: skip
+
+    async def download(
+        self,
+        file_or_uri: File | str,
+        dest: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> Path:
+        """Save a file (a `File` from an output, or its URI) at `dest`, a file path or a
+        folder to save it in by its name; return the path written.
+
+        Written to a temporary file and renamed when complete and of the announced size; a
+        dropped connection resumes where it stopped (`Range`).
+        """
+        return await download(
+            self._transport, file_or_uri, dest, progress=progress, options=self._options
+        )
+
     def agent(
         self, ref: str, *, chat_id: str | None = None, options: StreamingOptions | None = None
     ) -> AsyncAgent:
@@ -230,6 +303,31 @@ class AsyncInference:
         Pass `chat_id` to continue an existing chat; otherwise the first message starts one.
         """
         return AsyncAgent(self._transport, ref, chat_id=chat_id, options=options or self._options)
+
+    def session(
+        self, app: str, *, idle_timeout: int | None = None, keepalive: bool = True
+    ) -> AsyncSession:
+        """A session of `app` (a warm worker kept across calls); use `async with`.
+
+        `idle_timeout` (whole seconds) asks the server to keep it that long between calls;
+        with `keepalive` (the default) it is kept alive while the block runs.
+        """
+        return AsyncSession(
+            self, self._transport, app, idle_timeout=idle_timeout, keepalive=keepalive
+        )
+
+    async def get_session(self, session_id: str) -> SessionInfo:
+        """A session as the server sees it (`SessionNotFoundError` if it knows none)."""
+        return session_info(await self._transport.request("GET", session_path(session_id)))
+
+    async def list_sessions(self) -> list[SessionInfo]:
+        """Your sessions, as the server lists them."""
+        data = await self._transport.request("GET", "/sessions")
+        if data is None:
+            return []
+        if not isinstance(data, list):
+            raise ProtocolError(f"GET /sessions answered {preview(data)}, not a list")
+        return [session_info(item) for item in data]
 
     async def wait_for_completion(self, task_id: str, timeout: float | None = None) -> TaskUpdate:
         """Wait for the task to end and return its final state, with every log line.

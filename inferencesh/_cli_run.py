@@ -16,12 +16,14 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from ._agent import AsyncAgent, MessageEvent, ToolCall
 from ._async_client import AsyncInference, TaskStream
 from ._events import TaskUpdate
 from ._exceptions import InferenceshError, UsageError
+from ._files import TransferProgress
 from ._status import TaskStatus
 from .progress import INSTALL_HINT, PlainDisplay, require_rich
 
@@ -245,7 +247,59 @@ async def _run(
                 return FAILED
             finally:
                 await stream.aclose()
-    return _finish(args, last, console)
+            status = _finish(args, last, console)
+            if status == OK and args.download is not None and last is not None:
+                try:
+                    await interrupts.guard(_download(args, client, last, console))
+                except _Interrupted:
+                    _say(args, "interrupted; the files not saved yet were left out")
+                    return INTERRUPTED
+                except UsageError as exc:
+                    raise _Usage(str(exc)) from None
+                except InferenceshError as exc:
+                    _say(args, f"error: could not save the output files: {exc}")
+                    return FAILED
+    return status
+
+
+async def _download(
+    args: argparse.Namespace, client: AsyncInference, last: TaskUpdate, console: Console | None
+) -> None:
+    """Save the task's output files in `--download DIR`, with a bar per file on a terminal."""
+    folder = Path(args.download)
+    try:
+        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--download: cannot use {str(folder)!r}: {exc.strerror or exc}") from None
+    files = last.files
+    if not files:
+        _say(args, "the output has no files to save")
+        return
+    if console is None:
+        for file in files:
+            path = await client.download(file, folder)
+            if args.json:
+                print(json.dumps({"saved": str(path), "uri": file.uri}), flush=True)
+            else:
+                print(f"saved {path}", flush=True)
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+    )
+    with Progress(*columns, console=console) as bars:
+        for file in files:
+            bar = bars.add_task(file.filename or file.uri.rsplit("/", 1)[-1], total=file.size)
+
+            def moved(state: TransferProgress, bar: Any = bar) -> None:
+                bars.update(bar, completed=state.done, total=state.total)
+
+            path = await client.download(file, folder, progress=moved)
+            bars.update(bar, description=str(path))
 
 
 async def _show(
@@ -273,6 +327,7 @@ async def _show(
 
 
 def _finish(args: argparse.Namespace, last: TaskUpdate | None, console: Console | None) -> int:
+    """Show how the task ended (its output when it completed); the exit status."""
     if last is None:
         _say(args, "error: the stream ended without any update")
         return FAILED

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ._status import TaskStatus
+
+if TYPE_CHECKING:
+    from ._files import File
 
 __all__ = ["MappingReads", "Progress", "TaskUpdate"]
 
@@ -106,6 +109,14 @@ class TaskUpdate(MappingReads):
     def is_terminal(self) -> bool:
         """Whether this update ends the task (completed, failed, cancelled, rejected)."""
         return self.status.is_terminal
+
+    @property
+    def files(self) -> tuple[File, ...]:
+        """The files in `output` (or, before it, in `partial_output`): each JSON object with
+        a string `uri` and `content_type`, as a `File` to `download`."""
+        from ._files import find_files  # here: _files builds on this module
+
+        return find_files(self.output if self.output is not None else self.partial_output)
 
 
 # Streams build one `TaskUpdate` (and usually one `Progress`) per event, so they use the two

@@ -41,6 +41,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ._requirements import RequirementError, requirement_of
+
 if TYPE_CHECKING:
     from ._events import TaskUpdate
     from .sse import ServerSentEvent
@@ -64,6 +66,10 @@ __all__ = [
     "RequirementsNotMetError",
     "RetriesExhaustedError",
     "ServerError",
+    "SessionEndedError",
+    "SessionError",
+    "SessionExpiredError",
+    "SessionNotFoundError",
     "SSELineTooLongError",
     "StreamInterruptedError",
     "TaskCancelledError",
@@ -161,16 +167,17 @@ class ConflictError(APIStatusError):
 class RequirementsNotMetError(APIStatusError):
     """412: the app needs secrets, integrations or scopes that are not set up.
 
-    `errors` holds the server's list of unmet requirements as dicts (`type`, `key`, `message`,
-    `action`).
+    `errors` lists them as `RequirementError`s, each with the `SetupAction` that meets it.
     """
 
     @property
-    def errors(self) -> list[dict[str, Any]]:
-        """The unmet requirements as the server listed them."""
+    def errors(self) -> list[RequirementError]:
+        """The unmet requirements, in the server's order."""
         body = self.body if isinstance(self.body, Mapping) else {}
         found = body.get("errors")
-        return [e for e in found if isinstance(e, dict)] if isinstance(found, list) else []
+        if not isinstance(found, list):
+            return []
+        return [requirement_of(item) for item in found if isinstance(item, Mapping)]
 
 
 class RateLimitError(APIStatusError):
@@ -179,6 +186,22 @@ class RateLimitError(APIStatusError):
 
 class ServerError(APIStatusError):
     """5xx: the server failed; retryable."""
+
+
+class SessionError(APIStatusError):
+    """A session cannot take the call: unknown, ended or expired."""
+
+
+class SessionNotFoundError(SessionError, NotFoundError):
+    """404 `session_not_found`: no such session (never opened, or forgotten)."""
+
+
+class SessionEndedError(SessionError):
+    """410 `session_ended`: the session was ended; open a new one."""
+
+
+class SessionExpiredError(SessionError):
+    """410 `session_expired`: the session was idle past its timeout; open a new one."""
 
 
 class ProtocolError(InferenceshError):
@@ -284,6 +307,12 @@ _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
     412: RequirementsNotMetError,
     429: RateLimitError,
 }
+# Error codes that name a more specific class than the status does.
+_CODE_CLASSES: dict[str, type[APIStatusError]] = {
+    "session_not_found": SessionNotFoundError,
+    "session_ended": SessionEndedError,
+    "session_expired": SessionExpiredError,
+}
 
 
 def status_error(
@@ -306,7 +335,9 @@ def status_error(
     message, code = _problem_message(decoded)
     if not message:
         message = text.strip()[:500] or _reason(status)
-    if status in _STATUS_CLASSES:
+    if code in _CODE_CLASSES:
+        cls = _CODE_CLASSES[code]
+    elif status in _STATUS_CLASSES:
         cls = _STATUS_CLASSES[status]
     elif status >= 500:
         cls = ServerError

@@ -15,15 +15,17 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import inspect
 import os
 import queue
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Generator, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError, Future
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar, overload
+from typing import IO, Any, Literal, Self, TypeVar, overload
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
@@ -31,12 +33,14 @@ from ._agent import AgentEvent, AsyncAgent, ChatMessage, MessageCallback, ToolCa
 from ._async_client import DEFAULT_REQUEST_RETRY, AsyncInference, Params
 from ._events import TaskUpdate
 from ._exceptions import InferenceshError, UsageError
+from ._files import File, ProgressCallback
 from ._reader import StreamReader
 from ._retry import RetryPolicy
+from ._sessions import AsyncSession, SessionInfo
 from ._stream import Items, ItemStream, MakeView
 from ._streaming import StreamingOptions
 
-__all__ = ["Agent", "Inference", "SyncStream", "inference"]
+__all__ = ["Agent", "Inference", "Session", "SyncStream", "inference"]
 
 T = TypeVar("T")
 
@@ -124,6 +128,7 @@ class Inference:
     The work runs on a background event loop owned by this client (a daemon thread started on
     first use), so it works from plain scripts, from several threads at once, and from inside
     a running event loop (Jupyter, async web handlers). `with` or `close()` stops the loop.
+    `on_messages` is called on that loop's thread.
     """
 
     def __init__(
@@ -135,6 +140,7 @@ class Inference:
         max_connections: int | None = None,
         streaming_options: StreamingOptions | None = None,
         retry: RetryPolicy = DEFAULT_REQUEST_RETRY,
+        on_messages: Callable[[list[Any]], Any] | None = None,
     ) -> None:
         def make() -> AsyncInference:
             return AsyncInference(
@@ -144,6 +150,7 @@ class Inference:
                 max_connections=max_connections,
                 streaming_options=streaming_options,
                 retry=retry,
+                on_messages=on_messages,
             )
 
         self._make_async = make
@@ -369,11 +376,65 @@ class Inference:
         """Attach to an existing task's stream; see `AsyncInference.stream_task`."""
         return SyncStream(self, self._async.stream_task(task_id, options))
 
+    def delete_task(self, task_id: str, *, files: bool = False) -> None:
+        """Delete a task; with `files=True` also the files it used and made."""
+        self._call(self._async.delete_task, task_id, files=files)
+
+    def task_files(
+        self, task_id: str, *, role: Literal["input", "output"] | None = None
+    ) -> list[File]:
+        """The files a task used (`role="input"`) and made (`"output"`), or both."""
+        return self._call(self._async.task_files, task_id, role=role)
+
+    def upload_file(
+        self,
+        source: str | os.PathLike[str] | bytes | IO[bytes],
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> File:
+        """Upload a file and return it (see `AsyncInference.upload_file`); `progress` runs in
+        this thread."""
+        upload = functools.partial(
+            self._async.upload_file, source, filename=filename, content_type=content_type
+        )
+        return self._relay(upload, progress=progress)
+
+    def download(
+        self,
+        file_or_uri: File | str,
+        dest: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> Path:
+        """Save a file at `dest` (see `AsyncInference.download`); `progress` runs in this
+        thread."""
+        return self._relay(
+            functools.partial(self._async.download, file_or_uri, dest), progress=progress
+        )
+
     def agent(
         self, ref: str, *, chat_id: str | None = None, options: StreamingOptions | None = None
     ) -> Agent:
         """A conversation with the agent `ref`; see `AsyncInference.agent`."""
         return Agent(self, self._async.agent(ref, chat_id=chat_id, options=options))
+
+    def session(
+        self, app: str, *, idle_timeout: int | None = None, keepalive: bool = True
+    ) -> Session:
+        """A session of `app`; use `with` (see `AsyncInference.session`)."""
+        return Session(
+            self, self._async.session(app, idle_timeout=idle_timeout, keepalive=keepalive)
+        )
+
+    def get_session(self, session_id: str) -> SessionInfo:
+        """A session as the server sees it (`SessionNotFoundError` if it knows none)."""
+        return self._call(self._async.get_session, session_id)
+
+    def list_sessions(self) -> list[SessionInfo]:
+        """Your sessions, as the server lists them."""
+        return self._call(self._async.list_sessions)
 
     def wait_for_completion(self, task_id: str, timeout: float | None = None) -> TaskUpdate:
         """Wait for the task to end; see `AsyncInference.wait_for_completion`."""
@@ -399,30 +460,116 @@ class Agent:
         """The chat this agent talks in; set by the first message."""
         return self._async.chat_id
 
-    def stream(self, text: str) -> SyncStream[AgentEvent]:
-        """Send `text` and iterate what happens; see `AsyncAgent.stream`."""
-        return SyncStream(self._client, self._async.stream(text))
+    def stream(self, text: str, *, files: Sequence[Any] = ()) -> SyncStream[AgentEvent]:
+        """Send `text` (with `files`) and iterate what happens; see `AsyncAgent.stream`."""
+        return SyncStream(self._client, self._async.stream(text, files=files))
 
     def send_message(
         self,
         text: str,
         *,
+        files: Sequence[Any] = (),
         on_message: MessageCallback | None = None,
         on_tool_call: ToolCallCallback | None = None,
     ) -> ChatMessage:
-        """Send `text` and run the callbacks here as the answer streams; see `AsyncAgent`.
-        Callbacks must be plain functions: an async one stops the run with `UsageError`."""
-        return self._client._relay(
-            self._async.send_message, text, on_message=on_message, on_tool_call=on_tool_call
-        )
+        """Send `text` (with `files`) and run the callbacks here as the answer streams; see
+        `AsyncAgent`. Callbacks must be plain functions: an async one stops the run with
+        `UsageError`."""
+        send = functools.partial(self._async.send_message, text, files=files)
+        return self._client._relay(send, on_message=on_message, on_tool_call=on_tool_call)
 
-    def submit_tool_result(self, call_id: str, result: Any) -> None:
+    def submit_tool_result(
+        self, call_id: str, result: Any, *, attachments: Sequence[Any] = ()
+    ) -> None:
         """Answer a client tool call; see `AsyncAgent.submit_tool_result`."""
-        self._client._call(self._async.submit_tool_result, call_id, result)
+        self._client._call(self._async.submit_tool_result, call_id, result, attachments=attachments)
 
     def stop(self) -> None:
         """Stop the agent's current run; see `AsyncAgent.stop`."""
         self._client._call(self._async.stop)
+
+
+class Session:
+    """A blocking session of one app; see `AsyncSession`. The keepalive runs on the client's
+    loop thread while the `with` block runs."""
+
+    def __init__(self, client: Inference, session: AsyncSession) -> None:
+        self._client = client
+        self._async = session
+
+    def __repr__(self) -> str:
+        return f"<Session {self._async.app!r}>"
+
+    @property
+    def id(self) -> str:
+        """The session's id (once opened)."""
+        return self._async.id
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._client._call(self._async.__aexit__, exc_type, exc, tb)
+
+    def open(self) -> SessionInfo | None:
+        """Start the session (what `with` does)."""
+        return self._client._call(self._async.open)
+
+    @overload
+    def run(
+        self,
+        input: Mapping[str, Any],
+        *,
+        function: str | None = None,
+        stream: Literal[True],
+        options: StreamingOptions | None = None,
+    ) -> SyncStream[TaskUpdate]: ...
+
+    @overload
+    def run(
+        self,
+        input: Mapping[str, Any],
+        *,
+        function: str | None = None,
+        stream: Literal[False] = False,
+        options: StreamingOptions | None = None,
+    ) -> TaskUpdate: ...
+
+    def run(
+        self,
+        input: Mapping[str, Any],
+        *,
+        function: str | None = None,
+        stream: bool = False,
+        options: StreamingOptions | None = None,
+    ) -> SyncStream[TaskUpdate] | TaskUpdate:
+        """Call the app in this session (see `AsyncSession.run`)."""
+        if stream:
+            return SyncStream(
+                self._client,
+                self._async.run(input, function=function, stream=True, options=options),
+            )
+        return self._client._call(
+            lambda: self._async.run(input, function=function, options=options)
+        )
+
+    def info(self) -> SessionInfo:
+        """The session as the server sees it now."""
+        return self._client._call(self._async.info)
+
+    def keepalive(self) -> SessionInfo:
+        """Tell the server the session is still wanted (the block does this by itself)."""
+        return self._client._call(self._async.keepalive)
+
+    def end(self) -> None:
+        """End the session (what leaving `with` does); idempotent."""
+        self._client._call(self._async.end)
 
 
 class _CallbackInterrupted(InferenceshError):

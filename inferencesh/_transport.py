@@ -13,8 +13,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -36,11 +36,15 @@ from ._exceptions import (
 from ._retry import RetryPolicy, may_retry, parse_retry_after, retry_delay
 from ._streaming import StreamingOptions
 from ._version import __version__
-from ._wire import loads
+from ._wire import loads, preview
 
 __all__ = ["DEFAULT_BASE_URL", "StreamResponse", "Transport", "validate_api_key"]
 
 logger = logging.getLogger("inferencesh.transport")
+# What the server says alongside an answer (the envelope's `messages`), one record each.
+server_logger = logging.getLogger("inferencesh.server")
+
+T = TypeVar("T")
 
 DEFAULT_BASE_URL = "https://api.inference.sh"
 USER_AGENT = f"inferencesh-py/{__version__}"
@@ -141,6 +145,8 @@ class StreamResponse:
         self._idle_timeout = idle_timeout
         self._chunk_size = chunk_size
         self.content_type = response.content_type
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
 
     async def read(self) -> bytes:
         """Up to `chunk_size` bytes as soon as any arrive; b"" at the end of the body."""
@@ -176,16 +182,19 @@ class Transport:
         retry: RetryPolicy,
         max_connections: int | None,
         max_body_bytes: int,
+        on_messages: Callable[[list[Any]], Any] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._on_messages = on_messages
         self._api_key = validate_api_key(api_key)
         self._timeout = timeout
         self._retry = retry
         self._max_connections = max_connections
         self._max_body_bytes = max_body_bytes
-        self._session: aiohttp.ClientSession | None = None
+        # The API's session, and one that never sends the key; each made on first use.
+        self._sessions: list[aiohttp.ClientSession | None] = [None, None]
+        self._keepers: list[AsyncIterator[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._keeper: AsyncIterator[None] | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -202,30 +211,48 @@ class Transport:
         return self._timeout
 
     async def session(self) -> aiohttp.ClientSession:
-        """The client's session, created on first use in the running loop."""
+        """The client's session for API calls (it sends the key), created on first use."""
+        return await self._session_for(0)
+
+    async def keyless_session(self) -> aiohttp.ClientSession:
+        """A session that never sends the API key: for presigned upload URLs and file
+        downloads, which may be on another host."""
+        return await self._session_for(1)
+
+    async def _session_for(self, index: int) -> aiohttp.ClientSession:
         if self._closed:
             raise UsageError("the client is closed; create a new one")
         loop = asyncio.get_running_loop()
-        if self._session is not None and (self._session.closed or self._loop is not loop):
-            # The loop that owned the old session has shut down (e.g. a second asyncio.run).
-            self._session = None
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections or 0, limit_per_host=0, enable_cleanup_closed=False
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                headers={"Authorization": f"Bearer {self._api_key}", "User-Agent": USER_AGENT},
-                timeout=aiohttp.ClientTimeout(total=None),
-                auto_decompress=True,
-            )
-            # aiohttp sends an idempotent request a second time, on its own, when the
-            # connection drops; retries are our policy's to decide (and to count).
-            self._session._retry_connection = False
+        if self._loop is not loop or any(s is not None and s.closed for s in self._sessions):
+            # The loop that owned the old sessions has shut down (e.g. a second asyncio.run).
+            self._sessions, self._keepers = [None, None], []
             self._loop = loop
-            self._keeper = self._close_at_loop_shutdown(self._session)
-            await self._keeper.__anext__()
-        return self._session
+        session = self._sessions[index]
+        if session is None:
+            session = self._sessions[index] = self._new_session(with_key=index == 0)
+            # One keeper per session: the loop closes each at its shutdown, on its own.
+            keeper = self._close_at_loop_shutdown(session)
+            self._keepers.append(keeper)
+            await keeper.__anext__()
+        return session
+
+    def _new_session(self, *, with_key: bool) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections or 0, limit_per_host=0, enable_cleanup_closed=False
+        )
+        headers = {"User-Agent": USER_AGENT}
+        if with_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        session = aiohttp.ClientSession(
+            connector=connector,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=with_key,  # a file is saved as its bytes were sent
+        )
+        # aiohttp sends an idempotent request a second time, on its own, when the
+        # connection drops; retries are our policy's to decide (and to count).
+        session._retry_connection = False
+        return session
 
     @staticmethod
     async def _close_at_loop_shutdown(session: aiohttp.ClientSession) -> AsyncIterator[None]:
@@ -237,16 +264,17 @@ class Transport:
             await session.close()
 
     async def aclose(self) -> None:
-        """Close the connection pool; further requests raise UsageError."""
+        """Close the connection pools; further requests raise UsageError."""
         self._closed = True
-        session, keeper = self._session, self._keeper
-        self._session = self._keeper = None
-        if session is None:
+        sessions, keepers = self._sessions, self._keepers
+        self._sessions, self._keepers = [None, None], []
+        if self._loop is asyncio.get_running_loop():
+            for keeper in keepers:
+                await keeper.aclose()  # type: ignore[attr-defined]
             return
-        if keeper is not None and self._loop is asyncio.get_running_loop():
-            await keeper.aclose()  # type: ignore[attr-defined]
-        elif not session.closed:
-            await session.close()
+        for session in sessions:
+            if session is not None and not session.closed:
+                await session.close()
 
     async def request(
         self,
@@ -268,41 +296,50 @@ class Transport:
         deadline = asyncio.timeout(self._timeout)
         try:
             async with deadline:
-                attempt = 0
-                while True:
-                    try:
-                        return await self._send(method, path, body)
-                    except (TransportError, APIStatusError) as error:
-                        attempt += 1
-                        delay = retry_delay(
-                            self._retry, attempt, retry_after=getattr(error, "retry_after", None)
-                        )
-                        when = deadline.when()
-                        if (
-                            delay is None
-                            or not may_retry(error, idempotent=idempotent)
-                            or (
-                                when is not None
-                                and asyncio.get_running_loop().time() + delay > when
-                            )
-                        ):
-                            raise
-                        logger.info(
-                            "%s %s failed (%s); retry %d/%d in %.2fs",
-                            method,
-                            path,
-                            error,
-                            attempt,
-                            self._retry.max_retries,
-                            delay,
-                        )
-                        await asyncio.sleep(delay)
+                return await self.retrying(
+                    f"{method} {path}",
+                    lambda: self._send(method, path, body),
+                    idempotent=idempotent,
+                    deadline=deadline.when,
+                )
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
             raise RequestTimeoutError(
                 f"{method} {path} got no complete answer within {self._timeout} seconds"
             ) from exc
+
+    async def retrying(
+        self,
+        what: str,
+        attempt: Callable[[], Awaitable[T]],
+        *,
+        idempotent: bool,
+        deadline: Callable[[], float | None] = lambda: None,
+    ) -> T:
+        """`attempt()`, again after each failure the client's `RetryPolicy` and `may_retry`
+        allow (never past `deadline()`, a loop time), after the delay they say."""
+        failures = 0
+        while True:
+            try:
+                return await attempt()
+            except (TransportError, APIStatusError) as error:
+                failures += 1
+                delay = retry_delay(
+                    self._retry, failures, retry_after=getattr(error, "retry_after", None)
+                )
+                when = deadline()
+                if (
+                    delay is None
+                    or not may_retry(error, idempotent=idempotent)
+                    or (when is not None and asyncio.get_running_loop().time() + delay > when)
+                ):
+                    raise
+                logger.info(
+                    "%s failed (%s); retry %d/%d in %.2fs",
+                    what, error, failures, self._retry.max_retries, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
 
     async def _send(self, method: str, path: str, body: bytes | None) -> Any:
         session = await self.session()
@@ -319,20 +356,32 @@ class Transport:
         logger.debug(
             "%s %s -> %s in %.1f ms", method, path, resp.status, (time.monotonic() - started) * 1e3
         )
-        return _unwrap(resp.status, body)
+        data, messages = _unwrap(resp.status, body)
+        for message in messages:
+            server_logger.info("%s %s: %s", method, path, preview(message))
+        if messages and self._on_messages is not None:
+            self._on_messages(messages)
+        return data
 
     @contextlib.asynccontextmanager
     async def stream(
-        self, path: str, *, headers: Mapping[str, str], options: StreamingOptions
+        self,
+        path: str,
+        *,
+        headers: Mapping[str, str],
+        options: StreamingOptions,
+        keyless_url: bool = False,
     ) -> AsyncIterator[StreamResponse]:
-        """Open a streaming GET. Raises the mapped `APIStatusError` for a non-2xx answer and
+        """Open a streaming GET of an API path (or, with `keyless_url`, of a whole URL, without
+        the API key: a file). Raises the mapped `APIStatusError` for a non-2xx answer and
         `HeadersTimeoutError` when no response headers arrive within `headers_timeout`."""
-        session = await self.session()
+        session = await (self.keyless_session() if keyless_url else self.session())
+        url = path if keyless_url else self.base_url + path
         timeout = aiohttp.ClientTimeout(
             total=None, connect=options.connect_timeout, sock_connect=options.connect_timeout
         )
         with map_errors():
-            ctx = session.get(self.base_url + path, headers=headers, timeout=timeout)
+            ctx = session.get(url, headers=headers, timeout=timeout)
             waiting = asyncio.timeout(options.headers_timeout)
             try:
                 async with waiting:
@@ -359,6 +408,49 @@ class Transport:
         finally:
             resp.close()
             await ctx.__aexit__(None, None, None)
+
+    async def put_file(
+        self,
+        url: str,
+        body: AsyncIterator[bytes],
+        *,
+        size: int | None,
+        content_type: str,
+        idle_timeout: float | None,
+    ) -> None:
+        """PUT a file's bytes to a presigned `url`, with `Content-Type` and never the API key.
+
+        Fails with `IdleTimeoutError` when the upload makes no progress (no chunk taken, or no
+        answer after the last one) for `idle_timeout` seconds.
+        """
+        session = await self.keyless_session()
+        headers = {"Content-Type": content_type}
+        if size is not None:  # presigned storage wants a length, not chunked encoding
+            headers["Content-Length"] = str(size)
+        loop = asyncio.get_running_loop()
+        watchdog = asyncio.timeout(idle_timeout)
+
+        async def watched() -> AsyncIterator[bytes]:
+            async for chunk in body:
+                yield chunk
+                if idle_timeout is not None:
+                    watchdog.reschedule(loop.time() + idle_timeout)
+
+        try:
+            with map_errors():
+                async with (
+                    watchdog,
+                    session.put(url, data=watched(), headers=headers) as resp,
+                ):
+                    answer = await resp.content.read(_MAX_ERROR_BODY)
+                    if resp.status >= 400:
+                        raise _status_error(resp, answer)
+        except TimeoutError as exc:
+            if not watchdog.expired():
+                raise
+            raise IdleTimeoutError(
+                f"the upload made no progress for {idle_timeout} seconds (idle_timeout)"
+            ) from exc
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -393,12 +485,14 @@ async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(pieces)
 
 
-def _unwrap(status: int, body: bytes) -> Any:
+def _unwrap(status: int, body: bytes) -> tuple[Any, list[Any]]:
+    """The answer's data (the envelope's, or the bare body) and the envelope's `messages`."""
     if status == 204 or not body.strip():
-        return None
+        return None, []
     payload = loads(body)
     if isinstance(payload, Mapping) and "data" in payload:
         if payload.get("success") is False:
             raise APIStatusError(status, "the server reported success: false", body=payload)
-        return payload["data"]
-    return payload
+        messages = payload.get("messages")
+        return payload["data"], list(messages) if isinstance(messages, list) else []
+    return payload, []

@@ -144,8 +144,8 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     store.add_argument(
         "--data-dir",
         metavar="DIR",
-        help="keep tasks, event logs and chats in DIR/emulator.sqlite3 across restarts "
-        "(default: in memory only)",
+        help="keep tasks, event logs and chats in DIR/emulator.sqlite3 and files in "
+        "DIR/files/ across restarts (default: in memory, files in a temporary folder)",
     )
     store.add_argument(
         "--max-live-tasks",
@@ -204,6 +204,34 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="bytes of inputs, logs, messages and events held in all; finished tasks are "
         "dropped oldest first to stay under it, new work gets 429 when live work fills it "
         "(default %(default)s)",
+    )
+    store.add_argument(
+        "--max-file-bytes",
+        type=_int_at_least(1),
+        default=_option_default("max_file_bytes"),
+        metavar="BYTES",
+        help="largest file an upload or an app may store, else 413 (default %(default)s)",
+    )
+    store.add_argument(
+        "--max-files-bytes",
+        type=_int_at_least(1),
+        default=_option_default("max_files_bytes"),
+        metavar="BYTES",
+        help="bytes of files on disk in all, else 507 (default %(default)s)",
+    )
+    store.add_argument(
+        "--max-sessions",
+        type=_int_at_least(1),
+        default=_option_default("max_sessions"),
+        metavar="N",
+        help="active app sessions at once; more get 429 (default %(default)s)",
+    )
+    store.add_argument(
+        "--session-timeout",
+        type=_int_at_least(1),
+        default=_option_default("session_timeout"),
+        metavar="SECONDS",
+        help="idle timeout of a session whose request names none, 1-3600 (default %(default)s)",
     )
     parser.add_argument(
         "--heartbeat-interval", type=_positive_seconds, default=10.0, metavar="SECONDS"
@@ -326,6 +354,10 @@ def _serve(args: argparse.Namespace) -> int:
             agents=agents,
             tool_timeout=args.tool_timeout,
             http=http,
+            max_sessions=args.max_sessions,
+            session_timeout=args.session_timeout,
+            max_file_bytes=args.max_file_bytes,
+            max_files_bytes=args.max_files_bytes,
         )
     except (TypeError, ValueError) as exc:
         return _usage_error(parser, str(exc))
@@ -401,6 +433,11 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     _add_target(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object per update")
+    parser.add_argument(
+        "--download",
+        metavar="DIR",
+        help="once the task completes, save its output files in DIR (with a progress bar)",
+    )
     parser.set_defaults(handler=_run, parser=parser)
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -302,3 +305,27 @@ def server(emu: Emulator) -> Iterator[str]:
     """The base URL of `emu`, served on a loopback port from a background thread."""
     with serve_in_thread(emu) as url:
         yield url
+
+
+# -- the hosted API's official client, for compatibility tests --------------------------------
+
+OFFICIAL = "inferencesh==0.36.0"
+NETWORK_ERRORS = ("Could not find a version", "No matching distribution", "NewConnectionError",
+                  "Temporary failure in name resolution", "Network is unreachable")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def official(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the official 0.36.0 client and its dependencies (installed once per
+    run; put it first on `PYTHONPATH` in a subprocess: its `inferencesh` shadows ours)."""
+    target = tmp_path_factory.mktemp("official")
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--target", str(target), OFFICIAL],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    if install.returncode != 0:
+        if any(marker in install.stderr for marker in NETWORK_ERRORS):
+            pytest.skip(f"the package index is unreachable: {install.stderr.strip()[-300:]}")
+        pytest.fail(f"installing {OFFICIAL} failed:\n{install.stderr[-3000:]}")
+    return target

@@ -360,3 +360,29 @@ async def test_an_agent_runs_total_timeout_is_a_task_timeout() -> None:
 
             with pytest.raises(inferencesh.TaskTimeoutError, match="chat"):
                 await agent.send_message("slow tool", on_tool_call=never)
+
+
+def test_the_blocking_agent_sends_files_and_tool_attachments(tmp_path: Any) -> None:
+    """The blocking agent passes `files` and tool `attachments` through the same core."""
+    from pathlib import Path
+
+    from inferencesh.local import serve_in_thread
+
+    async def counter(text: str, ctx: AgentContext) -> str:
+        result = await ctx.call_tool_result("more", {})
+        return f"{len(ctx.attachments)} then {len(result.attachments)}"
+
+    emu = fast_emulator()
+    emu.register_agent("acme/counter", counter)
+    note = Path(tmp_path) / "note.txt"
+    note.write_text("hello", encoding="utf-8")
+    with serve_in_thread(emu) as url, inference(api_key="k", base_url=url) as client:
+        agent = client.agent("acme/counter")
+        reply = agent.send_message(
+            "count",
+            files=[note, b"two"],
+            on_tool_call=lambda call: agent.submit_tool_result(
+                call.id, "ok", attachments=[b"a", b"b", b"c"]
+            ),
+        )
+    assert "2 then 3" == reply.text

@@ -162,11 +162,14 @@ def test_run_local_json_prints_each_update_in_order(capsys: pytest.CaptureFixtur
     assert [f"step {n}/3: working on A sunset timelapse" for n in (1, 2, 3)] == logs
     assert {"current": 3, "total": 3} == lines[-1]["progress"]
     assert any(line["partial_output"] == {"text": "part1 part2", "step": 2} for line in lines)
+    output = dict(lines[-1]["output"])
+    image = output.pop("image")  # an image app: its output holds a real PNG file
     assert {
         "text": f"simulated {APP} output for A sunset timelapse",
         "steps": 3,
         "input": {"prompt": "A sunset timelapse"},
-    } == lines[-1]["output"]
+    } == output
+    assert "image/png" == image["content_type"]
     assert "" == err
 
 
@@ -564,3 +567,22 @@ def test_agent_cli_against_an_unreachable_server_exits_1(
     code, _, err = run_main(capsys, "agent", AGENT, "hi", "--base-url", url, "--api-key", "k")
     assert 1 == code
     assert err.startswith("inferencesh agent: error: ")
+
+
+def test_run_download_saves_the_output_files(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--download DIR: once the task completes, its output files are saved there (each
+    line names one; a PNG for an image app)."""
+    task_input = {"prompt": "a cat", "sim": {"steps": 1, "step_delay": 0}}
+    folder = tmp_path / "out"
+    code, out, err = run_main(
+        capsys, "run", APP, "--local", "--json", "--download", str(folder),
+        "--input", json.dumps(task_input),
+    )  # fmt: skip
+    assert 0 == code, err
+    saved = json.loads(out.splitlines()[-1])
+    path = Path(saved["saved"])
+    assert path.parent == folder
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert "" == err

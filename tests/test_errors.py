@@ -16,8 +16,10 @@ from inferencesh import (
     InferenceshError,
     NotFoundError,
     RateLimitError,
+    RequirementError,
     RequirementsNotMetError,
     ServerError,
+    SetupAction,
     TaskCancelledError,
     TaskError,
     TaskFailedError,
@@ -129,12 +131,12 @@ def test_protocol_requirements_example_errors() -> None:
     err = status_error(412, REQUIREMENTS_BODY)
     assert isinstance(err, RequirementsNotMetError)
     assert [
-        {
-            "type": "secret",
-            "key": "OPENAI_API_KEY",
-            "message": "secret OPENAI_API_KEY is not set",
-            "action": {"type": "add_secret", "provider": "openai"},
-        }
+        RequirementError(
+            type="secret",
+            key="OPENAI_API_KEY",
+            message="secret OPENAI_API_KEY is not set",
+            action=SetupAction(type="add_secret", provider="openai"),
+        )
     ] == err.errors
 
 
@@ -153,7 +155,7 @@ def test_requirements_errors_skips_non_objects() -> None:
     """`.errors` keeps only the object entries of the array."""
     err = status_error(412, _body(errors=[{"key": "A"}, "junk", 3, {"key": "B"}]))
     assert isinstance(err, RequirementsNotMetError)
-    assert [{"key": "A"}, {"key": "B"}] == err.errors
+    assert ["A", "B"] == [requirement.key for requirement in err.errors]
 
 
 @pytest.mark.parametrize(

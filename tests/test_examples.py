@@ -57,7 +57,7 @@ def statuses(out: str, prefix: str = "Status: ") -> list[str]:
 def test_every_seed_section_has_a_script_and_every_script_is_listed() -> None:
     assert set(SECTIONS) == set(seed_examples())
     scripts = {path.name for path in EXAMPLES.glob("*.py")}
-    assert set(SECTIONS.values()) | {"live_progress.py"} == scripts
+    assert set(SECTIONS.values()) | {"live_progress.py", "files_roundtrip.py"} == scripts
     listing = (EXAMPLES / "README.md").read_text(encoding="utf-8")
     for section, script in SECTIONS.items():
         assert re.search(rf"\| {re.escape(section)} \| `{re.escape(script)}", listing), section
@@ -169,3 +169,28 @@ def test_live_progress_prints_plain_lines_in_a_pipe(server: str) -> None:
     assert FLOW == statuses(out, "status: ")
     assert "progress: 5/5 (100%)" in out
     assert "Status: completed" in out.splitlines()
+
+
+def test_files_roundtrip_uploads_runs_and_saves(server: str, tmp_path: Path) -> None:
+    """The files example uploads its image, streams the task and saves a valid PNG."""
+    out = run_example("files_roundtrip.py", server, str(_png(tmp_path)), str(tmp_path))
+    assert "completed" == statuses(out)[-1]
+    saved = tmp_path / "image.png"
+    assert re.search(rf"saved image\.png: {saved.stat().st_size} bytes", out)
+    assert saved.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def _png(folder: Path) -> Path:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    path = folder / "in.png"
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\x00\x00\xff"))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body + chunk(b"IEND", b""))
+    return path

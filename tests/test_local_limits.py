@@ -237,3 +237,61 @@ async def test_request_bodies_handled_at_once_are_bounded() -> None:
                 writer.close()
     assert waited >= 0.3, "it waited for the gate, not beside the sixteen bodies"
     assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), answers[0][:80]
+
+
+async def test_a_refused_first_message_leaves_no_chat(local_server: Server) -> None:
+    async with local_server(max_live_chats=1) as srv:
+        first, _, _ = await post(srv, "/agents/run", {"agent": "a/b", "input": {"text": "hi"}})
+        statuses = [
+            (await post(srv, "/agents/run", {"agent": "a/b", "input": {"text": "hi"}}))[0]
+            for _ in range(20)
+        ]
+        assert first == 200
+        assert set(statuses) == {429}
+        assert len(srv.emu.chats) == 1
+
+
+async def test_a_forgotten_chat_ends_its_streams(local_server: Server) -> None:
+    """An open chat stream does not keep a chat the emulator dropped: the stream ends, and
+    the chat is then unknown."""
+    from inferencesh.local import AgentContext
+
+    async def quick(text: str, ctx: AgentContext) -> str:
+        return "done"
+
+    async with local_server(finished_task_ttl=0.3, agents={"acme/quick": quick}) as srv:
+        _, run, _ = await post(srv, "/agents/run", {"agent": "acme/quick", "input": {"text": "x"}})
+        chat_id = run["data"]["assistant_message"]["chat_id"]
+        headers = {"Accept": "text/event-stream"}
+        async with srv.session.get(f"/chats/{chat_id}/stream", headers=headers) as stream:
+            body = await asyncio.wait_for(stream.read(), 10)  # ends once the chat is dropped
+        async with srv.session.get(f"/chats/{chat_id}") as resp:
+            assert resp.status == 404
+    assert b"event" in body or b"data:" in body
+
+
+async def test_a_stream_request_with_a_body_does_not_hold_the_gate() -> None:
+    """Bodies sent with GETs (a stream's) are never read, so they take no share of the gate."""
+    from inferencesh.local import EmulatorOptions, HttpLimits, serve
+
+    limits = HttpLimits(max_body_bytes=1000)
+    async with serve(EmulatorOptions(http=limits)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        async with aiohttp.ClientSession(url, headers={"Authorization": "Bearer k"}) as s:
+            created = await (await s.post("/apps/run", json={"app": "a/b", "input": HOLD})).json()
+            task_id = created["data"]["id"]
+            writers = []
+            try:
+                for _ in range(20):
+                    _, writer = await asyncio.open_connection(host, int(port))
+                    writer.write(
+                        f"GET /tasks/{task_id}/stream HTTP/1.1\r\nHost: x\r\n"
+                        "Authorization: Bearer k\r\nContent-Length: 1000\r\n\r\n".encode()
+                    )
+                    writers.append(writer)
+                async with asyncio.timeout(5):
+                    resp = await s.post("/apps/run", json={"app": "a/b", "input": {}})
+                assert resp.status == 200
+            finally:
+                for writer in writers:
+                    writer.close()

@@ -268,3 +268,27 @@ async def test_an_unreadable_record_is_skipped_with_a_warning(
             with pytest.raises(NotFoundError):
                 await client.get_task(broken.id)
     assert any(broken.id in record.getMessage() for record in caplog.records)
+
+
+async def test_a_chatty_run_is_checkpointed_so_its_events_are_pruned(tmp_path: Path) -> None:
+    """An agent writing thousands of pieces in one run: the database keeps a bounded window
+    (checkpoints move during the run), and a reload rebuilds the whole answer."""
+    from inferencesh.local import AgentContext
+
+    async def chatty(text: str, ctx: AgentContext) -> None:
+        for n in range(3000):
+            ctx.say(f"{n} ")
+            if n % 100 == 0:
+                await asyncio.sleep(0)
+
+    options = EmulatorOptions(
+        data_dir=tmp_path, max_events_per_task=20, agents={"a/chatty": chatty}
+    )
+    async with serve(options) as url, async_inference(api_key="k", base_url=url) as client:
+        reply = await client.agent("a/chatty").send_message("go")
+    with contextlib.closing(sqlite3.connect(tmp_path / "emulator.sqlite3")) as db:
+        rows = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    assert rows < 400, rows
+    async with serve(options) as url:
+        chat = await get_json(f"{url}/chats/{reply.chat_id}")
+    assert chat["output"] == reply.text == "".join(f"{n} " for n in range(3000))

@@ -316,13 +316,14 @@ async def test_cancel_twice_is_harmless(local_server: Any) -> None:
 
 
 async def test_sessions(local_server: Any) -> None:
-    """`session: "new"` gets a fresh id; a given id is kept; both reach the terminal event."""
+    """`session: "new"` gets a fresh id; a call in that session keeps it; both reach the
+    terminal event."""
     async with local_server() as srv:
         fresh = await srv.create("a/b", {}, session="new", function="run")
-        given = await srv.create("a/b", {}, session="sess_given")
+        given = await srv.create("a/b", {}, session=fresh["session_id"])
         plain = await srv.create("a/b", {})
         assert fresh["session_id"].startswith("sess_")
-        assert given["session_id"] == "sess_given"
+        assert given["session_id"] == fresh["session_id"]
         assert plain["session_id"] is None
         for task in (fresh, given):
             read = await srv.read_stream(task["id"])

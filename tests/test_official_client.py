@@ -17,10 +17,6 @@ from support import fast_emulator
 
 from inferencesh.local import serve_in_thread
 
-OFFICIAL = "inferencesh==0.36.0"
-NETWORK_ERRORS = ("Could not find a version", "No matching distribution", "NewConnectionError",
-                  "Temporary failure in name resolution", "Network is unreachable")  # fmt: skip
-
 SCRIPT = """
 import asyncio, sys
 import inferencesh
@@ -60,22 +56,6 @@ def on_tool_call(call):
 agent.send_message("what is the answer?", on_message=lambda m: None, on_tool_call=on_tool_call)
 print("agent", calls)
 """
-
-
-@pytest.fixture(scope="module")
-def official(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding the official client and its dependencies."""
-    target = tmp_path_factory.mktemp("official")
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--target", str(target), OFFICIAL],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    if install.returncode != 0:
-        if any(marker in install.stderr for marker in NETWORK_ERRORS):
-            pytest.skip(f"the package index is unreachable: {install.stderr.strip()[-300:]}")
-        pytest.fail(f"installing {OFFICIAL} failed:\n{install.stderr[-3000:]}")
-    return target
 
 
 @pytest.mark.parametrize("persistent", [False, True], ids=["in-memory", "data-dir"])

@@ -56,6 +56,8 @@ EXPECTED = [
     ("acme/anything", r"\A\{'text': 'simulated acme/anything output for hi', 'steps': 3"),
     ('ctx.log(f"shouting', r"\{'text': 'HELLO THERE'\} \('shouting hello', 'shouting there'\)"),
     ("acme/weather", r"for that\. \nHere is the forecast: sunny, 24 °C\n\Z"),
+    ('"image": Path("photo.png")', r"\Aimage\.png image/png True\n\Z"),
+    ('client.session("acme/upscaler"', r"\ATrue completed 3\n\Z"),
     ("emu.faults.drop_after = 3", r"'setting_up', 'running'.*'completed'\]\n([2-9]|\d\d+) stream"),
 ]
 

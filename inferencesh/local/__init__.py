@@ -5,9 +5,13 @@ NDJSON streams) plus our SSE extensions (event ids, `Last-Event-ID` resume, `ret
 official clients and ours can run against it offline. Unregistered apps run a simulated app;
 fault injection (`Emulator.faults`) lets tests cut streams and force error answers. Agent chats
 (`POST /agents/run`, `/chats/{id}/stream`, client tools) run local agents registered with
-`Emulator.register_agent`, or a scripted agent that calls one client tool, `search`.
+`Emulator.register_agent`, or a scripted agent that calls one client tool, `search`. App
+sessions (`"session": "new"`, `/sessions`) keep a pretend worker across calls, one call at a
+time; a run can be made to answer 412 `requirements_not_met` (`sim.require`, or
+`register_app(..., requires=[...])`).
 State lives in memory, or with `EmulatorOptions(data_dir=...)` also in a SQLite database that
-survives restarts.
+survives restarts. Files (`POST /files`, then keyless upload and download URLs) live on disk;
+apps read them with `AppContext.open_file` and add them to outputs with `AppContext.save_file`.
 
 ```python
 from inferencesh.local import Emulator, EmulatorOptions, serve
@@ -21,9 +25,10 @@ From a shell: `python -m inferencesh serve --port 8080`.
 
 from __future__ import annotations
 
-from ._agents import AgentContext, ToolTimeoutError
+from ._agents import AgentContext, ToolResult, ToolTimeoutError
 from ._apps import AppContext
 from ._emulator import Emulator
+from ._files import FileError, UnknownFileError
 from ._journal import DataDirError
 from ._limits import HttpLimits
 from ._options import AgentFunction, AppFunction, EmulatorOptions, Faults
@@ -38,8 +43,11 @@ __all__ = [
     "Emulator",
     "EmulatorOptions",
     "Faults",
+    "FileError",
     "HttpLimits",
+    "ToolResult",
     "ToolTimeoutError",
+    "UnknownFileError",
     "serve",
     "serve_in_thread",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "AgentContext",
     "AgentRegistry",
     "RunRequest",
+    "ToolResult",
     "ToolTimeoutError",
     "load_agent",
     "parse_run_request",
@@ -42,6 +43,14 @@ _MAX_ATTACHMENTS = 20
 
 class ToolTimeoutError(Exception):
     """A client tool got no result within the emulator's `tool_timeout`."""
+
+
+@attrs.frozen
+class ToolResult:
+    """What a client tool answered: its result text and the file objects attached to it."""
+
+    text: str
+    attachments: tuple[dict[str, Any], ...] = ()
 
 
 class AgentContext:
@@ -85,6 +94,12 @@ class AgentContext:
         Raises `ToolTimeoutError` when no result arrives within the emulator's `tool_timeout`.
         A rejected call returns the rejection as text.
         """
+        return (await self.call_tool_result(name, args)).text
+
+    async def call_tool_result(
+        self, name: str, args: Mapping[str, Any] | None = None
+    ) -> ToolResult:
+        """As `call_tool`, and also the files the client attached to its result."""
         if not isinstance(name, str) or not name:
             raise TypeError(f"a tool name must be a non-empty string, got {name!r}")
         if args is None:
@@ -100,8 +115,8 @@ class AgentContext:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._tool_timeout):
                 await invocation.answered
-        if invocation.result is not None:
-            return invocation.result  # also when it arrived just as the timeout fired
+        if invocation.result is not None:  # also when it arrived just as the timeout fired
+            return ToolResult(invocation.result, tuple(invocation.attachments))
         self._chat.give_up(invocation)
         raise ToolTimeoutError(
             f"client tool {name!r} got no result within {self._tool_timeout:g} s"

@@ -9,6 +9,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 import attrs
@@ -97,18 +98,36 @@ class _StepSink(Protocol):
 
     def set_partial(self, output: Any) -> None: ...
 
+    def open_file(self, uri: str) -> Path: ...
+
+    def save_file(
+        self, data: bytes, *, filename: str, content_type: str | None, reuse: bool
+    ) -> dict[str, Any]: ...
+
 
 class AppContext:
     """What a local app gets besides its input: a way to report how its task is going.
 
     Calls made between two awaits of the app are sent as one per-step update. Once the task
-    has ended, further calls are ignored.
+    has ended, further calls are ignored. `function` is the function the caller named
+    (`ns/name@version:function` or the request's `function`; None if neither), and
+    `session_id` the session the call runs in (None outside a session).
     """
 
-    def __init__(self, sink: _StepSink, *, task_id: str, app: str) -> None:
+    def __init__(
+        self,
+        sink: _StepSink,
+        *,
+        task_id: str,
+        app: str,
+        function: str | None = None,
+        session_id: str | None = None,
+    ) -> None:
         self._sink = sink
         self.task_id = task_id
         self.app = app
+        self.function = function
+        self.session_id = session_id
 
     def log(self, line: object) -> None:
         """Add a log line (any object; it is converted with `str`)."""
@@ -126,6 +145,29 @@ class AppContext:
     def partial(self, output: Any) -> None:
         """Publish an intermediate output (JSON-serialisable); it replaces the previous one."""
         self._sink.set_partial(output)
+
+    def open_file(self, uri: str) -> Path:
+        """The local path of the emulator file whose `uri` (download URL) is given, such as a
+        file URL in the input (read it; do not change or delete it). `UnknownFileError` if no
+        uploaded emulator file has that uri."""
+        if not isinstance(uri, str):
+            raise TypeError(f"uri must be a string, got {type(uri).__name__}")
+        return self._sink.open_file(uri)
+
+    def save_file(
+        self,
+        data: bytes,
+        *,
+        filename: str,
+        content_type: str | None = None,
+        reuse: bool = False,
+    ) -> dict[str, Any]:
+        """Store `data` as a new file of this task and return its FileDTO (put it in the
+        output). `content_type` defaults to a guess from `filename`; `FileError` when the
+        emulator's file limits refuse it. `reuse=True` returns the file an earlier
+        `reuse=True` save stored with the same bytes, name and type, if it still exists,
+        instead of storing them again (for apps whose outputs repeat)."""
+        return self._sink.save_file(data, filename=filename, content_type=content_type, reuse=reuse)
 
 
 @attrs.frozen(kw_only=True)
@@ -163,13 +205,14 @@ def parse_sim(value: Any, *, steps: int, step_delay: float) -> SimSettings:
     1,000 characters: fail at the first step), `log_bytes` (pad log lines to about this size,
     0 to 4,096), `hold` (stay RUNNING until cancelled) and `hold_at` (a status name or code
     from received to running: stay there until cancelled). The caps keep one task small;
-    a task's logs are also capped as a whole (`EmulatorOptions.max_log_bytes`).
+    a task's logs are also capped as a whole (`EmulatorOptions.max_log_bytes`). `require`
+    (requirements that make the run a 412) is read by `parse_requirements`, not here.
     """
     if value is None:
         return SimSettings(steps=steps, step_delay=step_delay)
     if not isinstance(value, dict):
         raise InvalidField("input.sim", f"must be an object, got {_json_type(value)}")
-    known = {"steps", "step_delay", "fail", "log_bytes", "hold", "hold_at"}
+    known = {"steps", "step_delay", "fail", "log_bytes", "hold", "hold_at", "require"}
     unknown = sorted(set(value) - known)
     if unknown:
         allowed = ", ".join(sorted(known))
@@ -227,7 +270,8 @@ async def simulated_app(input: dict[str, Any], ctx: AppContext, settings: SimSet
     """The built-in stand-in for any unregistered app.
 
     Each step logs a line, reports progress and publishes a partial output, then sleeps
-    `step_delay`. The output is derived from the input, so tests can check it.
+    `step_delay`. The output is derived from the input, so tests can check it, and names the
+    function called when the caller named one.
     """
     if settings.hold:
         await asyncio.Event().wait()  # until cancelled
@@ -253,11 +297,10 @@ async def simulated_app(input: dict[str, Any], ctx: AppContext, settings: SimSet
     text = json.dumps(echo, sort_keys=True, separators=(",", ":"))
     if len(text) > _MAX_ECHO:  # the task holds its input once; the output names it instead
         echo = {"bytes": len(text), "sha256": hashlib.sha256(text.encode()).hexdigest()}
-    return {
-        "text": f"simulated {ctx.app} output for {subject}",
-        "steps": total,
-        "input": echo,
-    }
+    output = {"text": f"simulated {ctx.app} output for {subject}", "steps": total, "input": echo}
+    if ctx.function is not None:
+        output["function"] = ctx.function
+    return output
 
 
 def _pad(line: str, size: int | None) -> str:

@@ -61,6 +61,7 @@ class ToolInvocation:
         return {
             "id": self.id, "call_id": self.call_id, "name": self.name,
             "arguments": self.arguments, "status": self.status, "result": self.result,
+            "attachments": self.attachments,
         }  # fmt: skip
 
     @classmethod
@@ -69,6 +70,7 @@ class ToolInvocation:
         invocation = cls(str(data["name"]), dict(data.get("arguments") or {}), run)
         invocation.id, invocation.call_id = str(data["id"]), str(data["call_id"])
         invocation.status, invocation.result = str(data["status"]), data.get("result")
+        invocation.attachments = list(data.get("attachments") or [])
         return invocation
 
     @property
@@ -359,8 +361,15 @@ class Chat:
         self._hub.notify()
         return invocation
 
-    def answer(self, invocation: ToolInvocation, result: str, *, status: str = "completed") -> None:
-        """Deliver a tool result; 409 if the invocation no longer waits for one."""
+    def answer(
+        self,
+        invocation: ToolInvocation,
+        result: str,
+        *,
+        status: str = "completed",
+        attachments: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Deliver a tool result (and files); 409 if the invocation no longer waits for one."""
         with self._hub.lock:
             if not invocation.waiting:
                 raise ChatError(
@@ -370,7 +379,8 @@ class Chat:
                 )
             invocation.status = status
             invocation.result = result
-            self._hold(len(result))
+            invocation.attachments = copy.deepcopy(attachments or [])
+            self._hold(len(result) + len(encode_json(invocation.attachments)))
             self._emit("chat_messages", invocation.run.message.to_dict())
             self._store.changed(self)
         self._hub.notify()
@@ -525,6 +535,12 @@ class ChatStore:
             self._chats[chat.id] = chat
             self.expire()
             return chat
+
+    def discard(self, chat: Chat) -> None:
+        """Forget a chat that never ran (its first message was refused)."""
+        with self.hub.lock:
+            if not chat.busy and not chat.messages:
+                self._forget(chat.id)
 
     def get(self, chat_id: str) -> Chat | None:
         """The chat with this id, unless unknown or expired."""

@@ -7,19 +7,23 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
 
 from ._agents import AgentRegistry, RunRequest, launch_run, scripted
-from ._apps import AppRegistry, SimSettings, simulated_app
-from ._budget import MemoryBudget
+from ._apps import AppRegistry, SimSettings
+from ._budget import MemoryBudget, Overloaded
 from ._chats import Chat, ChatError, ChatStore
 from ._eventlog import LogEvent, encode_json
+from ._files import FileStore
 from ._hub import ChangeHub
 from ._journal import Journal
+from ._media import simulated_media_app
 from ._options import AgentFunction, AppFunction, EmulatorOptions, Faults
+from ._requirements import AppRequirements
+from ._sessions import Session, SessionStore
 from ._streaming import Connection
 from ._tasks import Task, TaskStore
 
@@ -58,6 +62,14 @@ class Emulator:
             max_log_bytes=options.max_log_bytes,
         )
         self.tasks.on_finished.append(lambda _: self._wake_housekeeping())
+        self.files = FileStore(
+            self._hub,
+            self.budget,
+            max_file_bytes=options.max_file_bytes,
+            max_total_bytes=options.max_files_bytes,
+            data_dir=options.data_dir,
+        )
+        self.tasks.files = self.files
         self.agents = AgentRegistry(options.agents)
         self.chats = ChatStore(
             self._hub,
@@ -70,6 +82,15 @@ class Emulator:
             lifetime=options.task_lifetime,
         )
         self.chats.on_idle.append(self._wake_housekeeping)
+        self.requirements = AppRequirements()
+        self.sessions = SessionStore(
+            self._hub,
+            max_live=options.max_sessions,
+            default_timeout=options.session_timeout,
+            ttl=options.finished_task_ttl,
+            max_ended=options.max_finished_tasks,
+            on_change=self._wake_housekeeping,
+        )
         self._connections: set[Connection] = set()
         self._streams_opened = 0
         self._stopping = False
@@ -85,16 +106,28 @@ class Emulator:
 
     # -- apps and tasks -----------------------------------------------------------------------
 
-    def register_app(self, ref: str, fn: AppFunction) -> None:
-        """Run `fn` for tasks of app `ref` (`namespace/name`, optionally `@version`)."""
+    def register_app(
+        self, ref: str, fn: AppFunction, *, requires: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Run `fn` for tasks of app `ref` (`namespace/name`, optionally `@version`).
+
+        `requires`: requirements the caller has not met (`{type, key, message?, action?}`,
+        as in the 412 `errors` array): while set, runs of `ref` answer 412
+        `requirements_not_met` (register again without them to clear them).
+        """
         with self._hub.lock:
             self.apps.register(ref, fn)
+            self.requirements.declare(ref, requires)
 
     def task_snapshot(self, task_id: str) -> dict[str, Any] | None:
         """The task's current full object as the API returns it, or None if unknown/expired."""
         with self._hub.lock:
             task = self.tasks.get(task_id)
             return task.to_dict() if task is not None else None
+
+    def session_snapshot(self, session_id: str) -> dict[str, Any] | None:
+        """The session as `GET /sessions/{id}` returns it, or None if unknown or forgotten."""
+        return self.sessions.snapshot(session_id)
 
     def _start_task(
         self,
@@ -104,12 +137,18 @@ class Emulator:
         fn: AppFunction | None,
         sim: SimSettings | None,
         session_id: str | None,
+        session: Session | None = None,
+        function: str | None = None,
     ) -> Task:
-        """Create a task for an app (or the simulated app when `fn` is None) and start it.
+        """Create a task for an app (or the simulated app when `fn` is None) and start it,
+        as a call of `session` if given (it runs when the session's earlier calls are done).
 
         Raises `Overloaded` when the live-task cap or the memory budget refuses it.
         """
+        if session is not None:
+            session_id = session.id
         task = self.tasks.create(app=app, input_json=encode_json(input), session_id=session_id)
+        task.function = function
         hold_at = None
         if fn is None:
             settings = sim or SimSettings(
@@ -118,15 +157,23 @@ class Emulator:
             hold_at = settings.hold_at
 
             async def run_simulated(data: dict[str, Any], ctx: Any) -> Any:
-                return await simulated_app(data, ctx, settings)
+                return await simulated_media_app(data, ctx, settings)
 
             fn = run_simulated
+        app_fn = fn
+
+        def start() -> Coroutine[Any, Any, None]:
+            return task.run(app_fn, transition_delay=self.options.transition_delay, hold_at=hold_at)
+
         runner = asyncio.get_running_loop().create_task(
-            task.run(fn, transition_delay=self.options.transition_delay, hold_at=hold_at),
+            start() if session is None else session.run_call(task, start),
             name=f"inferencesh.local {task.id}",
         )
         task.runner = runner
         runner.add_done_callback(task.runner_done)
+        if session is not None:
+            self.sessions.begin_call(session, task)
+            runner.add_done_callback(lambda _: self.sessions.call_done(session, task))
         self._wake_housekeeping()  # its lifetime may be the next thing due
         return task
 
@@ -166,7 +213,12 @@ class Emulator:
                 if found is None:
                     raise ChatError(404, f"chat {request.chat_id} not found")
                 chat = found
-            run = chat.start_run(request.text, request.agent)
+            try:
+                run = chat.start_run(request.text, request.agent)
+            except Overloaded:
+                if request.chat_id is None:
+                    self.chats.discard(chat)  # refused with its first message: not kept
+                raise
             reply = {"user_message": run.user.to_dict(), "assistant_message": run.message.to_dict()}
         launch_run(
             chat,
@@ -248,6 +300,11 @@ class Emulator:
         (aiohttp on_startup). A data folder that cannot be used stops the start first."""
         if self.options.data_dir is not None:
             self._open_journal(self.options.data_dir)
+        try:
+            self.files.open()
+        except BaseException:
+            self._close_journal()
+            raise
         self._stopping = False
         self._hub.loop_thread = threading.get_ident()
         self._housekeeping_wakeup = asyncio.Event()
@@ -272,6 +329,9 @@ class Emulator:
             if event.seq == 1:
                 journal.created(chat.id, "chat", {"agent": chat.agent})
             journal.event(chat.id, event)
+            if journal.needs_checkpoint(chat.id):  # many text pieces: checkpoint the chat
+                state = json.dumps(chat.record(), separators=(",", ":"))
+                journal.checkpoint(chat.id, state, event.seq, ended=None)
 
         def chat_changed(chat: Chat) -> None:
             state = json.dumps(chat.record(), separators=(",", ":"))
@@ -328,21 +388,23 @@ class Emulator:
         # Runners end as failed ("the emulator stopped") through their done callbacks.
         await asyncio.gather(*pending, return_exceptions=True)
         self._close_journal()
+        self.files.close()
         self._housekeeper = None
         self._housekeeping_wakeup = None
         self._hub.loop_thread = None
 
     async def _housekeeping(self) -> None:
-        """Expire finished tasks and idle chats, and fail the tasks and runs that outlived
-        their lifetime, when their time is up (the only background job)."""
+        """Expire finished tasks, idle chats and idle sessions, and fail the tasks and runs
+        that outlived their lifetime, when their time is up (the only background job)."""
         wakeup = self._housekeeping_wakeup
         assert wakeup is not None
         while True:
             self.tasks.expire()
             self.chats.expire()
+            self.sessions.expire()
             self.tasks.reap()
             self.chats.reap()
-            dues = [self.tasks.next_due_in(), self.chats.next_due_in()]
+            dues = [self.tasks.next_due_in(), self.chats.next_due_in(), self.sessions.next_due_in()]
             wait = min([due for due in dues if due is not None], default=_HOUSEKEEPING_MAX_INTERVAL)
             wait = min(wait, _HOUSEKEEPING_MAX_INTERVAL)
             wakeup.clear()

@@ -146,6 +146,7 @@ class EventLog:
         self._bytes = 0
         self._last_seq = start_seq
         self._closed = False
+        self._gone = False
         self._waiters: set[asyncio.Future[None]] = set()
         self.on_append = on_append
 
@@ -210,10 +211,19 @@ class EventLog:
             self._budget.charge(size)
 
     def release(self) -> None:
-        """Give the retained events' bytes back to the budget (the resource is forgotten)."""
+        """The resource is forgotten: drop the events, give their bytes back to the budget,
+        and wake the readers so their streams end (`gone`)."""
         self._charge(-self._bytes)
         self._bytes = 0
         self._budget = None
+        self._events.clear()
+        self._gone = True
+        self.wake()
+
+    @property
+    def gone(self) -> bool:
+        """Whether the resource was forgotten (expired, dropped, deleted): streams end."""
+        return self._gone
 
     def wake(self) -> None:
         """Wake every waiter (new event, or the server is shutting down)."""
@@ -237,7 +247,7 @@ class EventLog:
 
     async def wait_beyond(self, seq: int, timeout: float) -> None:
         """Return when an event newer than `seq` exists, `wake()` is called, or on timeout."""
-        if self._last_seq > seq or self._closed:
+        if self._last_seq > seq or self._closed or self._gone:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.add(waiter)

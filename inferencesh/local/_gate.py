@@ -35,7 +35,9 @@ class BodyGate:
 
     async def handle(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
         """Run `handler` once the request's body fits (`GateTimeoutError` if it never did)."""
-        if not request.body_exists:
+        if request.method != "POST" or not request.body_exists:
+            # Only POSTs read a body into memory (uploads stream to disk); a body sent with
+            # a GET, a stream's included, is never read and must not hold the gate.
             return await handler(request)
         declared = request.content_length
         size = min(declared if declared is not None else self._max_body, self.capacity)

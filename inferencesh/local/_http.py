@@ -10,7 +10,6 @@ import logging
 import math
 import operator
 import re
-import secrets
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -22,7 +21,10 @@ from ._apps import InvalidField, parse_app_ref, parse_sim
 from ._budget import Overloaded
 from ._chats import Chat, ChatError
 from ._emulator import Emulator
+from ._files import KEYLESS_ROUTES
 from ._gate import BodyGate, GateTimeoutError
+from ._requirements import parse_requirements, requirements_body
+from ._sessions import MAX_LISTED_SESSIONS, SessionError, parse_call
 from ._streaming import (
     Connection,
     StreamSettings,
@@ -41,6 +43,8 @@ EMULATOR: web.AppKey[Emulator] = web.AppKey("inferencesh_emulator", Emulator)
 # The detail of a problem+json answer, kept on the response so the one log line can name it.
 _DETAIL: web.ResponseKey[str] = web.ResponseKey("inferencesh_problem_detail", str)
 
+# Files one tool result may carry (protocol: section 3.3).
+_MAX_TOOL_ATTACHMENTS = 20
 # Request bodies handled at once, in units of the largest body (the memory they may take).
 _BODY_GATE_BODIES = 16
 
@@ -69,11 +73,19 @@ class RequestBodyTimeout(Exception):
 class _Problem(Exception):
     """Raised by a handler to answer with problem+json."""
 
-    def __init__(self, status: int, detail: str, *, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        code: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.code = code
+        self.extra = extra
 
 
 def problem(
@@ -82,8 +94,12 @@ def problem(
     *,
     code: str | None = None,
     headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> web.Response:
-    """An RFC 9457 problem+json answer that also carries the legacy `error` object."""
+    """An RFC 9457 problem+json answer that also carries the legacy `error` object.
+
+    `extra` members are merged into the body (the 412's `errors` array, say).
+    """
     try:
         title = HTTPStatus(status).phrase
     except ValueError:
@@ -97,6 +113,8 @@ def problem(
         "success": False,
         "error": {"code": code, "message": detail},
     }
+    if extra:
+        body.update(extra)
     response = web.Response(
         status=status,
         body=json.dumps(body).encode("ascii"),
@@ -167,6 +185,8 @@ async def _answer_or_problem(request: web.Request, handler: _Handler) -> web.Str
     try:
         return await handler(request)
     except _Problem as exc:
+        return problem(exc.status, exc.detail, code=exc.code, extra=exc.extra)
+    except SessionError as exc:
         return problem(exc.status, exc.detail, code=exc.code)
     except Overloaded as exc:
         return problem(429, exc.detail, headers={"Retry-After": str(exc.retry_after)})
@@ -191,11 +211,20 @@ async def _answer_or_problem(request: web.Request, handler: _Handler) -> web.Str
 
 @web.middleware
 async def _body_size(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    """413 for a declared body over the limit, on every route, before anything else."""
+    """413 for a declared body over the limit, on every route but file uploads (they stream
+    to disk under their own limit), before anything else."""
+    if _keyless(request):
+        return await handler(request)
     limit = request.app[EMULATOR].options.http.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise _Problem(413, _too_large(request.content_length, limit))
     return await handler(request)
+
+
+def _keyless(request: web.Request) -> bool:
+    """A file upload or download URL: its secret token authorises it (no API key), and its
+    bytes stream to or from disk (no JSON body limit, no body gate)."""
+    return request.match_info.route.name in KEYLESS_ROUTES
 
 
 def _too_large(size: int | None, limit: int) -> str:
@@ -221,7 +250,9 @@ async def _faults(request: web.Request, handler: _Handler) -> web.StreamResponse
 
 @web.middleware
 async def _auth(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    """Any non-empty bearer key, or exactly the configured one."""
+    """Any non-empty bearer key, or exactly the configured one (none on file URLs)."""
+    if _keyless(request):
+        return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     key = key.strip()
@@ -375,11 +406,10 @@ async def _run_app(request: web.Request) -> web.Response:
             input = {}
         elif not isinstance(input, dict):
             raise InvalidField("input", "must be a JSON object")
-        session = body.get("session")
-        if session is not None and (not isinstance(session, str) or not session):
-            raise InvalidField("session", 'must be "new" or a session id')
+        call = parse_call(body, ref)
         fn = emulator.apps.lookup(ref)
         sim = None
+        requirements = emulator.requirements.lookup(ref)
         if fn is None:
             if emulator.options.strict_apps:
                 raise _Problem(404, f"app {ref.key} not found")
@@ -388,14 +418,25 @@ async def _run_app(request: web.Request) -> web.Response:
                 steps=emulator.options.sim_steps,
                 step_delay=emulator.options.sim_step_delay,
             )
+            if not requirements and isinstance(input.get("sim"), dict):
+                requirements = parse_requirements(
+                    input["sim"].get("require"), field="input.sim.require"
+                )
     except InvalidField as exc:
         raise _Problem(400, str(exc)) from None
-    session_id = None
-    if session == "new":
-        session_id = f"sess_{secrets.token_hex(10)}"
-    elif session is not None:
-        session_id = session
-    task = emulator._start_task(body["app"], input, fn=fn, sim=sim, session_id=session_id)
+    if requirements:
+        detail, extra = requirements_body(requirements)
+        raise _Problem(412, detail, code="requirements_not_met", extra=extra)
+    session = emulator.sessions.open(call, ref)
+    try:
+        task = emulator._start_task(
+            body["app"], input, fn=fn, sim=sim, session_id=None, session=session,
+            function=call.function,
+        )  # fmt: skip
+    except BaseException:
+        if session is not None:
+            emulator.sessions.abandon(session)  # a new session whose first call was refused
+        raise
     return _envelope_json(task.state_frame().data)
 
 
@@ -418,6 +459,32 @@ async def _cancel_task(request: web.Request) -> web.Response:
 
 async def _stream_task(request: web.Request) -> web.StreamResponse:
     return await serve_stream(request, _task_or_404(request))
+
+
+async def _get_session(request: web.Request) -> web.Response:
+    session_id = request.match_info["session_id"]
+    found = request.app[EMULATOR].sessions.snapshot(session_id)
+    if found is None:
+        raise SessionError(404, "session_not_found", f"session {session_id} not found")
+    return _envelope(found)
+
+
+async def _list_sessions(request: web.Request) -> web.Response:
+    return _envelope(request.app[EMULATOR].sessions.list(MAX_LISTED_SESSIONS))
+
+
+async def _keepalive_session(request: web.Request) -> web.Response:
+    sessions = request.app[EMULATOR].sessions
+    session = sessions.keepalive(request.match_info["session_id"])
+    with sessions.hub.lock:
+        return _envelope(session.to_dict())
+
+
+async def _end_session(request: web.Request) -> web.Response:
+    sessions = request.app[EMULATOR].sessions
+    session = sessions.end(request.match_info["session_id"])
+    with sessions.hub.lock:
+        return _envelope(session.to_dict())
 
 
 async def _run_agent(request: web.Request) -> web.Response:
@@ -460,6 +527,7 @@ async def _stream_chat(request: web.Request) -> web.StreamResponse:
 async def _answer_tool(request: web.Request, *, reject: bool) -> web.Response:
     invocation_id = request.match_info["invocation_id"]
     body = await _json_object(request, empty={} if reject else None)
+    attachments: list[dict[str, Any]] = []
     if reject:
         reason = body.get("reason", "")
         if not isinstance(reason, str):
@@ -469,15 +537,23 @@ async def _answer_tool(request: web.Request, *, reject: bool) -> web.Response:
         result = body.get("result")
         if not isinstance(result, str):
             raise _Problem(400, "field 'result': must be a string (encode objects as JSON)")
-        attachments = body.get("attachments")
-        if attachments is not None and not isinstance(attachments, list):
-            raise _Problem(400, "field 'attachments': must be a list of files")
+        given = body.get("attachments")
+        if given is not None:
+            if not isinstance(given, list) or len(given) > _MAX_TOOL_ATTACHMENTS:
+                raise _Problem(
+                    400, f"field 'attachments': must be a list of at most "
+                    f"{_MAX_TOOL_ATTACHMENTS} files",
+                )  # fmt: skip
+            if not all(isinstance(item, dict) for item in given):
+                raise _Problem(400, "field 'attachments': must hold file objects")
+            attachments = given
     found = request.app[EMULATOR].chats.invocation(invocation_id)
     if found is None:
         raise _Problem(404, f"tool invocation {invocation_id} not found")
     chat, invocation = found
     try:
-        chat.answer(invocation, result, status="cancelled" if reject else "completed")
+        status = "cancelled" if reject else "completed"
+        chat.answer(invocation, result, status=status, attachments=attachments)
     except ChatError as exc:
         raise _Problem(exc.status, exc.detail) from None
     return _envelope(invocation.to_dict())
@@ -523,6 +599,8 @@ def build_application(emulator: Emulator) -> web.Application:
 
     @web.middleware
     async def _gate(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if _keyless(request):
+            return await handler(request)
         return await gate.handle(request, handler)
 
     app = web.Application(
@@ -530,10 +608,17 @@ def build_application(emulator: Emulator) -> web.Application:
         client_max_size=limits.max_body_bytes,
     )
     app[EMULATOR] = emulator
+    from ._filehttp import install_files  # it uses this module's helpers
+
+    install_files(app)
     app.router.add_post("/apps/run", _run_app)
     app.router.add_get("/tasks/{task_id}", _get_task, allow_head=False)
     app.router.add_post("/tasks/{task_id}/cancel", _cancel_task)
     app.router.add_get("/tasks/{task_id}/stream", _stream_task, allow_head=False)
+    app.router.add_get("/sessions", _list_sessions, allow_head=False)
+    app.router.add_get("/sessions/{session_id}", _get_session, allow_head=False)
+    app.router.add_post("/sessions/{session_id}/keepalive", _keepalive_session)
+    app.router.add_delete("/sessions/{session_id}", _end_session)
     app.router.add_post("/agents/run", _run_agent)
     app.router.add_get("/chats/{chat_id}", _get_chat, allow_head=False)
     app.router.add_post("/chats/{chat_id}/stop", _stop_chat)

@@ -235,16 +235,17 @@ class Journal:
         self, db: sqlite3.Connection, resource_id: str, state: str, seq: int, ended: bool | None
     ) -> None:
         if ended is None:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE resources SET state = ?, state_seq = ? WHERE id = ?",
                 (state, seq, resource_id),
             )
         else:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE resources SET state = ?, state_seq = ?, ended_at = ? WHERE id = ?",
                 (state, seq, time.time() if ended else None, resource_id),
             )
-        self._since_checkpoint[resource_id] = 0
+        if cursor.rowcount:  # not for a resource forgotten meanwhile
+            self._since_checkpoint[resource_id] = 0
 
     def forget(self, resource_id: str) -> None:
         """Delete a resource and its events (it expired or was dropped)."""
@@ -258,7 +259,18 @@ class Journal:
     # -- reading (once, at start) ----------------------------------------------------------------
 
     def load(self) -> Iterator[Record]:
-        """Every stored resource, oldest first, with its checkpoint and kept events."""
+        """Every stored resource, oldest first, with its checkpoint and kept events.
+
+        A resource whose first event never got committed (a kill right after it was
+        created) has nothing to reload and is deleted.
+        """
+        with self._transaction() as db:
+            if db is not None:
+                db.execute(
+                    "DELETE FROM events WHERE resource_id IN "
+                    "(SELECT id FROM resources WHERE state IS NULL)"
+                )
+                db.execute("DELETE FROM resources WHERE state IS NULL")
         rows = self._db.execute(
             "SELECT id, kind, meta, state, state_seq, ended_at FROM resources "
             "WHERE state IS NOT NULL ORDER BY rowid"

@@ -58,6 +58,19 @@ def _count(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
         raise ValueError(f"{attribute.name} must be an integer >= 1, got {value!r}")
 
 
+#: The longest idle timeout a session may have, in seconds.
+MAX_SESSION_TIMEOUT = 3600
+
+
+def _session_timeout(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{attribute.name} must be an integer, got {value!r}")
+    if not 1 <= value <= MAX_SESSION_TIMEOUT:
+        raise ValueError(
+            f"{attribute.name} must be from 1 to {MAX_SESSION_TIMEOUT} seconds, got {value!r}"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class EmulatorOptions:
     """How a local emulator behaves; frozen, change it with `attrs.evolve`.
@@ -84,8 +97,16 @@ class EmulatorOptions:
     inputs, logs, messages and event logs are held in all (ended tasks and idle chats are
     dropped oldest first to make room; 429 when live ones alone fill it).
 
+    Sessions (`POST /apps/run` with `session`): at most `max_sessions` active at once (429
+    beyond); a new session's idle timeout is the request's `session_timeout`, else
+    `session_timeout` seconds (1 to 3600); ended and expired ones are kept like finished tasks.
+
     `data_dir`: keep tasks, their event logs and chats in a SQLite database in this folder, so
     they survive a restart (None: in memory only).
+
+    Files (`POST /files`, uploads, app outputs): each at most `max_file_bytes` (413 beyond),
+    `max_files_bytes` of them on disk in all (507 when full); in `DATA_DIR/files/` with
+    `data_dir`, else in a temporary folder removed when the server stops.
     """
 
     api_key: str | None = attrs.field(default=None, repr=False)
@@ -112,6 +133,10 @@ class EmulatorOptions:
     agent_step_delay: float | None = attrs.field(default=None, validator=_optional_non_negative)
     tool_timeout: float = attrs.field(default=30.0, validator=_positive)
     http: HttpLimits = attrs.field(factory=HttpLimits)
+    max_sessions: int = attrs.field(default=1000, validator=_count)
+    session_timeout: int = attrs.field(default=300, validator=_session_timeout)
+    max_file_bytes: int = attrs.field(default=1024**3, validator=_count)
+    max_files_bytes: int = attrs.field(default=10 * 1024**3, validator=_count)
 
     def __attrs_post_init__(self) -> None:
         if self.api_key is not None and not self.api_key:

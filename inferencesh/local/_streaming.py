@@ -173,8 +173,8 @@ class Connection:
         elif await self._send_snapshot():
             return True
         while True:
-            if self.settings.stopping():
-                return True
+            if self.settings.stopping() or log.gone:
+                return True  # shutting down, or the resource was forgotten: nothing follows
             batch = log.after(self.cursor)
             if batch is None:
                 # This reader fell behind the retained window: catch up from the current state.

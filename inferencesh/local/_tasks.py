@@ -10,12 +10,14 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from .._status import TaskStatus
 from ._apps import AppContext
 from ._budget import OVERHEAD, MemoryBudget, Overloaded, Retention
 from ._eventlog import Frame, LogEvent, LogSettings, Snapshot, encode_json
+from ._files import FileError, FileStore
 from ._hub import ChangeHub
 from ._journal import Record
 from ._options import AppFunction
@@ -61,6 +63,7 @@ class Task:
         self.app = app
         self.input_json = input_json
         self.session_id = session_id
+        self.function: str | None = None  # the function the caller named (AppContext)
         self.created_at = self.updated_at = _now()
         self.status = TaskStatus.RECEIVED
         self.output: Any = None
@@ -200,6 +203,20 @@ class Task:
             self._pending_output = (copy.deepcopy(output),)
             self._schedule_flush()
 
+    def open_file(self, uri: str) -> Path:
+        """The local path of the emulator file `uri` names (`UnknownFileError` if none)."""
+        return self._store.file_store().path_of(uri)
+
+    def save_file(
+        self, data: bytes, *, filename: str, content_type: str | None, reuse: bool = False
+    ) -> dict[str, Any]:
+        """Store a file this task's app made; its FileDTO (`FileError` over the limits)."""
+        if self.is_terminal:
+            raise FileError(409, f"task {self.id} has ended: it saves no more files")
+        return self._store.file_store().save(
+            data, filename=filename, content_type=content_type, task_id=self.id, reuse=reuse
+        )
+
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -282,7 +299,9 @@ class Task:
             self.transition(status)
             if status is hold_at:
                 await asyncio.Event().wait()
-        ctx = AppContext(self, task_id=self.id, app=self.app)
+        ctx = AppContext(
+            self, task_id=self.id, app=self.app, function=self.function, session_id=self.session_id
+        )
         try:
             result = fn(self.input, ctx)
             if inspect.isawaitable(result):
@@ -382,6 +401,8 @@ class TaskStore:
         self._finished = Retention(ttl=ttl, max_count=max_finished, drop=self._forget)
         self.on_finished: list[Callable[[Task], None]] = []
         self.on_forget: Callable[[str], None] | None = None
+        #: Where the apps' files go (set by the emulator).
+        self.files: FileStore | None = None
         budget.add_source(self._finished.oldest)
 
     def create(self, *, app: str, input_json: str, session_id: str | None) -> Task:
@@ -449,6 +470,30 @@ class TaskStore:
             self.expire()
         for callback in self.on_finished:
             callback(task)
+
+    def file_store(self) -> FileStore:
+        """The emulator's files (`RuntimeError` for a store no emulator owns)."""
+        if self.files is None:
+            raise RuntimeError("this task store has no file store")
+        return self.files
+
+    def live_tasks(self) -> list[Task]:
+        """The tasks that have not ended, oldest first."""
+        with self.hub.lock:
+            return list(self._live.values())
+
+    def delete(self, task_id: str) -> Task | None:
+        """Forget a task now (`DELETE /tasks/{id}`), giving back what it holds as expiry does;
+        the caller ends a running one first. None if unknown."""
+        with self.hub.lock:
+            task = self._tasks.get(task_id)
+            if task is None:
+                return None
+            self._live.pop(task_id, None)
+            self._finished.discard(task_id)
+            self._forget(task_id)
+        self.hub.notify()
+        return task
 
     def _forget(self, task_id: str) -> None:
         task = self._tasks.pop(task_id, None)

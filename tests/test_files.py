@@ -1,0 +1,336 @@
+"""Files from the client's side: downloads that resume, uploads that never send the key, and
+inputs that upload themselves without guessing (servers over real loopback sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from inferencesh import (
+    File,
+    ProtocolError,
+    StreamingOptions,
+    StreamInterruptedError,
+    TransferProgress,
+    UsageError,
+    async_inference,
+)
+
+pytestmark = pytest.mark.anyio
+
+BLOB = bytes(range(256)) * 12_000  # about 3 MB
+FAST = StreamingOptions(retry_delay=0.01, retry_jitter=0.0, max_retries=3)
+
+
+@asynccontextmanager
+async def blob_server(
+    *,
+    cut_first: bool = True,
+    honour_range: bool = True,
+    size: int | None = None,
+    always_cut: bool = False,
+) -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
+    """A server of BLOB at /blob that cuts its first answer after 1 MB (abruptly), or with
+    `always_cut` every answer right after its headers."""
+    requests: list[dict[str, str]] = []
+
+    async def blob(request: web.Request) -> web.StreamResponse:
+        requests.append(dict(request.headers))
+        start = 0
+        ranged = request.headers.get("Range")
+        if ranged and honour_range:
+            start = int(ranged.removeprefix("bytes=").rstrip("-"))
+        body = BLOB[start:]
+        response = web.StreamResponse(status=206 if start else 200)
+        response.content_length = len(body) if size is None else size - start
+        response.content_type = "application/octet-stream"
+        if start:
+            response.headers["Content-Range"] = f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}"
+        await response.prepare(request)
+        if always_cut:
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        if cut_first and len(requests) == 1:
+            await response.write(body[:1_000_000])
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        await response.write(body)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/blob", blob)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/blob", requests
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_cut_download_resumes_with_range_and_is_identical(tmp_path: Path) -> None:
+    seen: list[TransferProgress] = []
+    async with (
+        blob_server() as (url, requests),
+        async_inference(api_key="secret-key", streaming_options=FAST) as client,
+    ):
+        path = await client.download(
+            File(uri=url, filename="blob.bin", size=len(BLOB)), tmp_path, progress=seen.append
+        )
+    assert path == tmp_path / "blob.bin"
+    assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(BLOB).digest()
+    assert requests[1]["Range"] == "bytes=1000000-"
+    assert all("Authorization" not in headers for headers in requests)
+    assert [p.name for p in tmp_path.iterdir()] == ["blob.bin"], "no partial file is left"
+    assert seen[-1].done == len(BLOB)
+    assert seen[-1].fraction == 1.0
+
+
+async def test_a_server_that_ignores_range_is_read_again_from_the_start(tmp_path: Path) -> None:
+    async with (
+        blob_server(honour_range=False) as (url, _),
+        async_inference(api_key="k", streaming_options=FAST) as client,
+    ):
+        path = await client.download(url, tmp_path / "again.bin")
+    assert path.read_bytes() == BLOB
+
+
+async def test_a_size_that_does_not_match_is_an_error_and_leaves_no_file(tmp_path: Path) -> None:
+    async with (
+        blob_server(cut_first=False) as (url, _),
+        async_inference(api_key="k", streaming_options=FAST) as client,
+    ):
+        with pytest.raises(ProtocolError, match="not the 10 its file object says"):
+            await client.download(File(uri=url, size=10), tmp_path / "x.bin")
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_download_that_always_breaks_gives_up_typed(tmp_path: Path) -> None:
+    """A server that breaks every answer before any byte of it: retried, then a typed error."""
+    async with (
+        blob_server(always_cut=True) as (url, requests),
+        async_inference(api_key="k", streaming_options=FAST) as client,
+    ):
+        with pytest.raises(StreamInterruptedError):
+            await client.download(url, tmp_path / "x.bin")
+    assert len(requests) == 1 + FAST.max_retries
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_download_refuses_what_it_cannot_save(tmp_path: Path) -> None:
+    async with async_inference(api_key="k") as client:
+        with pytest.raises(UsageError, match="http"):
+            await client.download("file:///etc/passwd", tmp_path)
+        with pytest.raises(UsageError, match="folder does not exist"):
+            await client.download("http://127.0.0.1:9/x", tmp_path / "no" / "x.bin")
+
+
+@asynccontextmanager
+async def files_api() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """`POST /files` and a presigned `PUT` on another port, recording what they were sent."""
+    seen: dict[str, Any] = {"puts": [], "posts": []}
+
+    async def put(request: web.Request) -> web.Response:
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(65536):
+            body.extend(chunk)
+        seen["puts"].append((dict(request.headers), bytes(body)))
+        return web.Response(status=200)
+
+    storage = web.Application()
+    storage.router.add_put("/upload/{name}", put)
+    storage_runner = web.AppRunner(storage)
+    await storage_runner.setup()
+    await web.TCPSite(storage_runner, "127.0.0.1", 0).start()
+    storage_port = storage_runner.addresses[0][1]
+
+    async def create(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen["posts"].append((dict(request.headers), body))
+        spec = body["files"][0]
+        index = len(seen["posts"])
+        data = [
+            {
+                "id": f"file_{index}",
+                "uri": f"https://cdn.example/{index}/{spec['filename']}",
+                "upload_url": f"http://127.0.0.1:{storage_port}/upload/{index}",
+                "filename": spec["filename"],
+                "content_type": spec["content_type"],
+                "size": spec["size"],
+            }
+        ]
+        return web.json_response({"success": True, "data": data, "messages": []})
+
+    async def run(request: web.Request) -> web.Response:
+        seen["run"] = await request.json()
+        task = {"id": "task_1", "status": 10, "output": {"ok": True}, "logs": []}
+        return web.json_response({"success": True, "data": task})
+
+    api = web.Application()
+    api.router.add_post("/files", create)
+    api.router.add_post("/apps/run", run)
+    api_runner = web.AppRunner(api)
+    await api_runner.setup()
+    await web.TCPSite(api_runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{api_runner.addresses[0][1]}", seen
+    finally:
+        await api_runner.cleanup()
+        await storage_runner.cleanup()
+
+
+async def test_upload_sources_and_the_put_never_carries_the_key(tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG fake")
+    async with files_api() as (url, seen), async_inference(api_key="sk-1", base_url=url) as client:
+        from_path = await client.upload_file(photo)
+        from_str = await client.upload_file(str(photo), filename="renamed.png")
+        from_bytes = await client.upload_file(b"raw bytes")
+        from_object = await client.upload_file(io.BytesIO(b"object bytes"), filename="o.txt")
+        from_data = await client.upload_file("data:text/plain;base64,aGVsbG8=")
+    assert (from_path.filename, from_path.content_type, from_path.size) == (
+        "photo.png", "image/png", 9,
+    )  # fmt: skip
+    assert from_str.filename == "renamed.png"
+    assert (from_bytes.content_type, from_bytes.size) == ("application/octet-stream", 9)
+    assert from_object.content_type == "text/plain"
+    assert from_data.content_type == "text/plain"
+    bodies = [body for _, body in seen["puts"]]
+    assert bodies == [b"\x89PNG fake", b"\x89PNG fake", b"raw bytes", b"object bytes", b"hello"]
+    for headers, _ in seen["puts"]:
+        assert "Authorization" not in headers
+        assert "Transfer-Encoding" not in headers, "a presigned PUT has a Content-Length"
+    assert all(headers["Authorization"] == "Bearer sk-1" for headers, _ in seen["posts"])
+
+
+async def test_inputs_upload_themselves_without_guessing(tmp_path: Path) -> None:
+    """Paths, bytes, file objects, Files and data: URIs anywhere in the input are uploaded
+    (each once) and replaced by their uri; strings that name a file or look like base64 are
+    sent as they are."""
+    image = tmp_path / "cat.png"
+    image.write_bytes(b"cat")
+    already = File(uri="https://cdn.example/already.png", content_type="image/png")
+    existing_path = str(image)
+    base64_like = "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+    async with files_api() as (url, seen), async_inference(api_key="k", base_url=url) as client:
+        await client.run(
+            {
+                "app": "a/b",
+                "input": {
+                    "image": image,
+                    "again": image,
+                    "nested": [{"blob": b"bytes"}, (io.BytesIO(b"stream"),)],
+                    "file": already,
+                    "data": "data:image/png;base64,iVBORw0K",
+                    "path_text": existing_path,
+                    "word": base64_like,
+                },
+            }
+        )
+    sent = seen["run"]["input"]
+    assert sent["image"] == sent["again"]
+    assert sent["image"].startswith("https://cdn.example/")
+    assert sent["nested"][0]["blob"].startswith("https://cdn.example/")
+    assert sent["nested"][1][0].startswith("https://cdn.example/")
+    assert sent["file"] == already.uri
+    assert sent["data"].startswith("https://cdn.example/")
+    assert sent["path_text"] == existing_path
+    assert sent["word"] == base64_like
+    assert len(seen["puts"]) == 4, "cat.png once, the bytes, the stream, the data URI"
+
+
+async def test_bad_sources_are_usage_errors(tmp_path: Path) -> None:
+    async with async_inference(api_key="k", base_url="http://127.0.0.1:9") as client:
+        with pytest.raises(UsageError, match=r"no such file|No such file"):
+            await client.upload_file(tmp_path / "missing.png")
+        with pytest.raises(UsageError, match="binary mode"):
+            await client.upload_file(io.StringIO("text"))
+        with pytest.raises(UsageError, match="data: URI"):
+            await client.upload_file("data:image/png;base64,@@@")
+        with pytest.raises(UsageError, match="regular file"):
+            await client.upload_file(tmp_path)
+
+
+def test_update_files_lists_file_objects_only() -> None:
+    from inferencesh import TaskStatus, TaskUpdate
+
+    image = {"uri": "https://x/a.png", "content_type": "image/png", "size": 3}
+    update = TaskUpdate(
+        id="t",
+        status=TaskStatus.COMPLETED,
+        output={
+            "image": image,
+            "more": [image, {"uri": "https://x/b.mp4", "content_type": "video/mp4"}],
+            "url": "https://x/not-a-file-object.png",
+        },
+    )
+    assert [f.uri for f in update.files] == ["https://x/a.png", "https://x/b.mp4"]
+    assert update.files[0].size == 3
+
+
+async def test_upload_progress_reaches_every_byte(tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"z" * 1_000_000)
+    seen: list[int] = []
+
+    async def progress(state: TransferProgress) -> None:
+        seen.append(state.done)
+        await asyncio.sleep(0)
+
+    async with files_api() as (url, _), async_inference(api_key="k", base_url=url) as client:
+        await client.upload_file(big, progress=progress)
+    assert seen[0] == 0
+    assert seen[-1] == 1_000_000
+    assert seen == sorted(seen)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_a_200_mib_upload_keeps_the_clients_memory_flat(tmp_path: Path) -> None:
+    """The body streams from disk in chunks: uploading 200 MiB raises the client's peak RSS
+    by far less than the file's size."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from inferencesh.local import serve_in_thread
+
+    big = tmp_path / "big.bin"
+    with big.open("wb") as handle:
+        handle.truncate(200 * 1024 * 1024)  # sparse: no disk used, reads as zeros
+    script = textwrap.dedent(
+        """
+        import re, sys
+        from inferencesh import inference
+
+        def peak():
+            status = open("/proc/self/status").read()
+            return int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) // 1024
+
+        with inference(api_key="k", base_url=sys.argv[1]) as client:
+            client.upload_file(b"warm up")
+            before = peak()
+            file = client.upload_file(sys.argv[2])
+            print(file.size, peak() - before)
+        """
+    )
+    with serve_in_thread() as url:
+        result = subprocess.run(
+            [sys.executable, "-c", script, url, str(big)],
+            capture_output=True, text=True, timeout=120, check=False, env=dict(os.environ),
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    size, growth = map(int, result.stdout.split())
+    assert size == 200 * 1024 * 1024
+    assert growth < 48, f"the client's peak RSS grew by {growth} MiB"
