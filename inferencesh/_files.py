@@ -467,27 +467,27 @@ async def download(
         raise UsageError(f"can only download http(s) URIs, got {preview(file.uri)}")
     target = _target(file, dest)
     partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
-    total = file.size
-    done = 0
+    state = _Received(target.name, file.size)
     failures = 0
     try:
         with partial.open("wb") as out:
             while True:
+                before = state.done
                 try:
-                    total, done = await _fetch(
-                        transport, file, out, done, total, target.name, progress, options
-                    )
+                    await _fetch(transport, file, out, state, progress, options)
                     break
                 except (TransportError, APIStatusError) as error:
-                    made_progress = out.tell() > done
-                    done = out.tell()
-                    failures = 0 if made_progress else failures + 1
+                    if state.complete:
+                        break  # cut after the last byte: nothing is left to ask for
+                    failures = 0 if state.done > before else failures + 1
                     delay = retry_delay(options, failures, retry_after=None)
                     if delay is None or not may_retry(error, idempotent=True):
                         raise
                     await asyncio.sleep(delay)
-        if total is not None and done != total:
-            raise ProtocolError(f"{file.uri} gave {done} bytes, not the {total} announced")
+        if state.total is not None and state.done != state.total:
+            raise ProtocolError(
+                f"{file.uri} gave {state.done} bytes, not the {state.total} announced"
+            )
         os.replace(partial, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -495,51 +495,65 @@ async def download(
     return target
 
 
+@attrs.define
+class _Received:
+    """How much of a download is on disk, and how much there is in all (once known)."""
+
+    name: str
+    total: int | None
+    done: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.total is not None and self.done == self.total
+
+
 async def _fetch(
     transport: Transport,
     file: File,
     out: IO[bytes],
-    done: int,
-    total: int | None,
-    name: str,
+    state: _Received,
     progress: ProgressCallback | None,
     options: StreamingOptions,
-) -> tuple[int | None, int]:
-    """Get the bytes from `done` on into `out`; return the total size and the bytes saved."""
+) -> None:
+    """Get the bytes from `state.done` on into `out`, keeping `state` up to date."""
     headers = {"Accept-Encoding": "identity"}
-    if done:
-        headers["Range"] = f"bytes={done}-"
+    if state.done:
+        headers["Range"] = f"bytes={state.done}-"
     async with transport.stream(
         file.uri, headers=headers, options=options, keyless_url=True
     ) as resp:
-        if done and resp.status != 206:
+        if state.done and resp.status != 206:
             out.seek(0)  # the server sends the whole file again
             out.truncate()
-            done = 0
-        elif done:
+            state.done = 0
+        elif state.done:
             start, whole = _content_range(resp.headers.get("Content-Range"))
-            if start != done:
-                raise ProtocolError(f"{file.uri} answered a Range request from {start}, not {done}")
-            total = whole if whole is not None else total
-        if not done:
+            if start != state.done:
+                raise ProtocolError(
+                    f"{file.uri} answered a Range request from {start}, not {state.done}"
+                )
+            state.total = whole if whole is not None else state.total
+        if not state.done:
             length = resp.headers.get("Content-Length")
             if length is not None and length.isdigit():
-                if total is not None and int(length) != total:
+                if state.total is not None and int(length) != state.total:
                     raise ProtocolError(
-                        f"{file.uri} is {length} bytes, not the {total} its file object says"
+                        f"{file.uri} is {length} bytes, not the {state.total} its file object says"
                     )
-                total = int(length)
-        await _report(progress, TransferProgress(name, done, total))
+                state.total = int(length)
+        await _report(progress, TransferProgress(state.name, state.done, state.total))
         while chunk := await resp.read():
             out.write(chunk)
-            done += len(chunk)
-            if total is not None and done > total:
-                raise ProtocolError(f"{file.uri} sent more than the {total} bytes announced")
-            await _report(progress, TransferProgress(name, done, total))
+            state.done += len(chunk)
+            if state.total is not None and state.done > state.total:
+                raise ProtocolError(f"{file.uri} sent more than the {state.total} bytes announced")
+            await _report(progress, TransferProgress(state.name, state.done, state.total))
         out.flush()
-        if total is not None and done < total:
-            raise StreamInterruptedError(f"{file.uri} ended after {done} of {total} bytes")
-    return total, done
+        if state.total is not None and state.done < state.total:
+            raise StreamInterruptedError(
+                f"{file.uri} ended after {state.done} of {state.total} bytes"
+            )
 
 
 def _content_range(value: str | None) -> tuple[int | None, int | None]:

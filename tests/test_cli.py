@@ -586,3 +586,16 @@ def test_run_download_saves_the_output_files(
     assert path.parent == folder
     assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert "" == err
+
+
+def test_run_download_under_a_pseudo_terminal_shows_a_bar(tmp_path: Path) -> None:
+    """On a terminal, --download draws a bar per file and names the path saved."""
+    folder = tmp_path / "media"
+    args = ["run", APP, "--local", "--download", str(folder), "--input", '{"prompt": "a dog"}']
+    with child(*args, tty=True) as proc:
+        code, text = proc.finish(timeout=60)
+    assert 0 == code, text
+    saved = folder / "image.png"
+    assert saved.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert re.search(r"image\.png.*━+", text), text[-2000:]
+    assert "Traceback" not in text

@@ -37,6 +37,7 @@ async def blob_server(
     honour_range: bool = True,
     size: int | None = None,
     always_cut: bool = False,
+    cut_at: int = 1_000_000,
 ) -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
     """A server of BLOB at /blob that cuts its first answer after 1 MB (abruptly), or with
     `always_cut` every answer right after its headers."""
@@ -60,7 +61,7 @@ async def blob_server(
             request.transport.abort()
             return response
         if cut_first and len(requests) == 1:
-            await response.write(body[:1_000_000])
+            await response.write(body[:cut_at])
             assert request.transport is not None
             request.transport.abort()
             return response
@@ -95,6 +96,17 @@ async def test_a_cut_download_resumes_with_range_and_is_identical(tmp_path: Path
     assert [p.name for p in tmp_path.iterdir()] == ["blob.bin"], "no partial file is left"
     assert seen[-1].done == len(BLOB)
     assert seen[-1].fraction == 1.0
+
+
+async def test_a_cut_after_the_last_byte_needs_no_more_requests(tmp_path: Path) -> None:
+    """Every byte arrived, then the connection broke: the file is complete as it is."""
+    async with (
+        blob_server(cut_at=len(BLOB)) as (url, requests),
+        async_inference(api_key="k", streaming_options=FAST) as client,
+    ):
+        path = await client.download(url, tmp_path / "whole.bin")
+    assert path.read_bytes() == BLOB
+    assert len(requests) == 1
 
 
 async def test_a_server_that_ignores_range_is_read_again_from_the_start(tmp_path: Path) -> None:
@@ -334,3 +346,23 @@ def test_a_200_mib_upload_keeps_the_clients_memory_flat(tmp_path: Path) -> None:
     size, growth = map(int, result.stdout.split())
     assert size == 200 * 1024 * 1024
     assert growth < 48, f"the client's peak RSS grew by {growth} MiB"
+
+
+def test_blocking_transfers_report_progress_in_the_callers_thread(tmp_path: Path) -> None:
+    import threading
+
+    from inferencesh import inference
+    from inferencesh.local import serve_in_thread
+
+    threads: set[int] = set()
+
+    def progress(state: TransferProgress) -> None:
+        threads.add(threading.get_ident())
+
+    source = tmp_path / "in.bin"
+    source.write_bytes(b"q" * 700_000)
+    with serve_in_thread() as url, inference(api_key="k", base_url=url) as client:
+        file = client.upload_file(source, progress=progress)
+        saved = client.download(file, tmp_path / "out.bin", progress=progress)
+    assert saved.read_bytes() == source.read_bytes()
+    assert threads == {threading.get_ident()}
