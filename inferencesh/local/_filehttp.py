@@ -23,7 +23,7 @@ from ._files import (
     current_base_url,
     parse_file_specs,
 )
-from ._http import EMULATOR, _json_object, problem
+from ._http import EMULATOR, _json_object, problem, task_or_404
 from ._tasks import Task
 
 __all__ = ["base_url", "install_files"]
@@ -144,14 +144,6 @@ async def _blob(request: web.Request) -> web.StreamResponse:
 # -- a task's files ----------------------------------------------------------------------------
 
 
-def _task(request: web.Request) -> Task:
-    task_id = request.match_info["task_id"]
-    task = request.app[EMULATOR].tasks.get(task_id)
-    if task is None:
-        raise FileError(404, f"task {task_id} not found")
-    return task
-
-
 def _role(request: web.Request) -> str | None:
     role = request.query.get("role") or None
     if role is not None and role not in _ROLES:
@@ -179,7 +171,7 @@ def _files_of(emulator: Emulator, task: Task, role: str | None) -> list[tuple[st
 
 async def _list_task_files(request: web.Request) -> web.Response:
     emulator = request.app[EMULATOR]
-    found = _files_of(emulator, _task(request), _role(request))
+    found = _files_of(emulator, task_or_404(request), _role(request))
     base = base_url(request)
     return _ok([{**record.dto(base), "role": role} for role, record in found])
 
@@ -206,7 +198,7 @@ def _delete_files(
 
 async def _delete_task_files(request: web.Request) -> web.Response:
     emulator = request.app[EMULATOR]
-    task = _task(request)
+    task = task_or_404(request)
     return _ok(_delete_files(emulator, task, _files_of(emulator, task, _role(request))))
 
 
@@ -216,7 +208,7 @@ async def _delete_task(request: web.Request) -> web.Response:
     value = request.query.get("files", "false").lower()
     if value not in ("true", "false", "1", "0"):
         raise FileError(400, f"query 'files': must be true or false, got {value[:40]!r}")
-    task = _task(request)
+    task = task_or_404(request)
     await _end(task)
     found = _files_of(emulator, task, None) if value in ("true", "1") else []
     emulator.tasks.delete(task.id)

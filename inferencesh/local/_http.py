@@ -440,7 +440,8 @@ async def _run_app(request: web.Request) -> web.Response:
     return _envelope_json(task.state_frame().data)
 
 
-def _task_or_404(request: web.Request) -> Task:
+def task_or_404(request: web.Request) -> Task:
+    """The task the path names (its `task_id`), or a 404 problem."""
     task_id = request.match_info["task_id"]
     task = request.app[EMULATOR].tasks.get(task_id)
     if task is None:
@@ -449,16 +450,16 @@ def _task_or_404(request: web.Request) -> Task:
 
 
 async def _get_task(request: web.Request) -> web.Response:
-    return _envelope_json(_task_or_404(request).state_frame().data)
+    return _envelope_json(task_or_404(request).state_frame().data)
 
 
 async def _cancel_task(request: web.Request) -> web.Response:
-    _task_or_404(request).request_cancel()
+    task_or_404(request).request_cancel()
     return _envelope(None)
 
 
 async def _stream_task(request: web.Request) -> web.StreamResponse:
-    return await serve_stream(request, _task_or_404(request))
+    return await serve_stream(request, task_or_404(request))
 
 
 async def _get_session(request: web.Request) -> web.Response:
