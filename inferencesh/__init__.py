@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._agent import AgentEvent, AsyncAgent, ChatMessage, MessageEvent, ToolCall
 from ._async_client import AsyncInference, TaskStream, async_inference
+from ._batch import AsyncBatch, BatchItem, BatchProgress, TaskOutcome
 from ._events import Progress, TaskUpdate
 from ._exceptions import (
     AgentError,
@@ -51,7 +52,7 @@ from ._sessions import AsyncSession, SessionInfo
 from ._status import TaskStatus
 from ._stream import ItemStream
 from ._streaming import StreamingOptions
-from ._sync_client import Agent, Inference, Session, SyncStream, inference
+from ._sync_client import Agent, Inference, Session, SyncBatch, SyncStream, inference
 from ._version import __version__
 
 __all__ = [
@@ -61,10 +62,13 @@ __all__ = [
     "APIStatusError",
     "async_inference",
     "AsyncAgent",
+    "AsyncBatch",
     "AsyncInference",
     "AsyncSession",
     "AuthenticationError",
     "BadRequestError",
+    "BatchItem",
+    "BatchProgress",
     "ChatMessage",
     "ConflictError",
     "ConnectError",
@@ -98,10 +102,12 @@ __all__ = [
     "SSELineTooLongError",
     "StreamingOptions",
     "StreamInterruptedError",
+    "SyncBatch",
     "SyncStream",
     "TaskCancelledError",
     "TaskError",
     "TaskFailedError",
+    "TaskOutcome",
     "TaskRejectedError",
     "TaskStatus",
     "TaskStream",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 import reprlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal, Self, overload
@@ -13,9 +15,11 @@ from urllib.parse import quote
 import attrs
 
 from ._agent import AsyncAgent
+from ._batch import AsyncBatch, BatchItem, OnSubmit, OnUpdate
 from ._converters import TaskEvent, structure_task, valid_task_id
 from ._events import TaskUpdate
 from ._exceptions import (
+    InferenceshError,
     ProtocolError,
     TaskCancelledError,
     TaskFailedError,
@@ -36,6 +40,8 @@ from ._wire import preview
 __all__ = ["DEFAULT_REQUEST_RETRY", "AsyncInference", "TaskStream", "async_inference"]
 
 Params = Mapping[str, Any]
+
+logger = logging.getLogger("inferencesh.client")
 
 DEFAULT_REQUEST_RETRY = RetryPolicy(max_retries=2, retry_delay=0.5, max_retry_delay=8.0)
 """How REST calls retry unless the client is given another `retry` policy."""
@@ -154,6 +160,7 @@ class AsyncInference:
         stream: Literal[True],
         wait: bool = True,
         options: StreamingOptions | None = None,
+        cancel_on_close: bool = False,
     ) -> TaskStream: ...
 
     @overload
@@ -164,6 +171,7 @@ class AsyncInference:
         stream: Literal[False] = False,
         wait: bool = True,
         options: StreamingOptions | None = None,
+        cancel_on_close: bool = False,
     ) -> Awaitable[TaskUpdate]: ...
 
     def run(
@@ -173,21 +181,23 @@ class AsyncInference:
         stream: bool = False,
         wait: bool = True,
         options: StreamingOptions | None = None,
+        cancel_on_close: bool = False,
     ) -> TaskStream | Awaitable[TaskUpdate]:
         """Run an app.
 
         With `stream=True`, returns a `TaskStream` to iterate with `async for` (no `await`); its
         first update is the task as created. Else returns an awaitable: the completed task's
         final state (raising `TaskFailedError` or `TaskCancelledError` otherwise), or with
-        `wait=False` the task as just created.
+        `wait=False` the task as just created. With `cancel_on_close`, leaving the stream (or
+        the wait) before the task ended cancels the task on the server too.
         """
         if not isinstance(params, Mapping):
             raise UsageError(f"params must be a mapping, got {type(params).__name__}")
         if stream:
-            return self._stream(lambda: self._create(params), options)
+            return self._stream(lambda: self._create(params), options, cancel_on_close)
         if not wait:
             return self._created(params)
-        return self._outcome(self._stream(lambda: self._create(params), options))
+        return self._outcome(self._stream(lambda: self._create(params), options, cancel_on_close))
 
     async def _create(self, params: Params) -> tuple[TaskCodec, Sequence[TaskEvent]]:
         body = dict(params)
@@ -208,11 +218,54 @@ class AsyncInference:
         codec, events = await self._create(params)
         return update_of(events[0] if events else None, codec.task_id)
 
-    def _stream(self, start: Any, options: StreamingOptions | None) -> TaskStream:
+    def _stream(
+        self, start: Any, options: StreamingOptions | None, cancel_on_close: bool = False
+    ) -> TaskStream:
         reader: StreamReader[TaskEvent] = StreamReader(
-            self._transport, options or self._options, start
+            self._transport,
+            options or self._options,
+            start,
+            on_abandon=self._abandoned if cancel_on_close else None,
         )
         return TaskStream(reader, _task_view)
+
+    async def _abandoned(self, codec: Codec[Any]) -> None:
+        """Cancel the task of a stream left before the task ended (when asked to)."""
+        assert isinstance(codec, TaskCodec)
+        try:
+            await self.cancel_task(codec.task_id)
+        except InferenceshError as exc:  # the caller is leaving anyway: say it, do not mask
+            logger.warning("could not cancel task %s on leaving: %s", codec.task_id, exc)
+
+    def run_many(
+        self,
+        configs: Iterable[Params | BatchItem],
+        *,
+        concurrency: int = 8,
+        fail_fast: bool = False,
+        cancel_unfinished: bool = True,
+        on_update: OnUpdate | None = None,
+        on_submit: OnSubmit | None = None,
+        options: StreamingOptions | None = None,
+        total: int | None = None,
+    ) -> AsyncBatch:
+        """Run many apps, at most `concurrency` at a time; iterate the result (`async for`)
+        to get each `TaskOutcome` as its task ends.
+
+        `configs` is consumed lazily (a generator is fine). By default every task runs to its
+        end and failures are outcomes; with `fail_fast` the first failure is raised and the
+        others are stopped. `await batch.results()` gives every outcome in input order.
+        `on_update(index, update)` sees each task's live updates; `on_submit(index, config)`
+        runs just before a task is created. Leaving early (break, an exception, Ctrl-C,
+        fail-fast) stops everything in flight and, unless `cancel_unfinished=False`, cancels
+        those tasks on the server. `batch.progress` is a live tally (`total` defaults to
+        `len(configs)` when it has one).
+        """
+        return AsyncBatch(
+            self, configs, concurrency=concurrency, fail_fast=fail_fast,
+            cancel_unfinished=cancel_unfinished, on_update=on_update, on_submit=on_submit,
+            options=options, total=total,
+        )  # fmt: skip
 
     async def get_task(self, task_id: str) -> TaskUpdate:
         """The task's current state (its `logs` are all lines so far)."""
@@ -243,14 +296,20 @@ class AsyncInference:
             raise ProtocolError(f"GET {path} answered {preview(data)}, not a list of files")
         return [File.from_wire(item) for item in data if isinstance(item, Mapping)]
 
-    def stream_task(self, task_id: str, options: StreamingOptions | None = None) -> TaskStream:
+    def stream_task(
+        self,
+        task_id: str,
+        options: StreamingOptions | None = None,
+        *,
+        cancel_on_close: bool = False,
+    ) -> TaskStream:
         """Attach to an existing task's stream; the first update is its current state."""
         _quote_id(task_id)
 
         async def start() -> tuple[TaskCodec, Sequence[TaskEvent]]:
             return TaskCodec(task_id), ()
 
-        return self._stream(start, options)
+        return self._stream(start, options, cancel_on_close)
 
     async def upload_file(
         self,
@@ -341,11 +400,19 @@ class AsyncInference:
             options = self._options
         return await self._outcome(self.stream_task(task_id, options))
 
-    async def _outcome(self, stream: TaskStream) -> TaskUpdate:
+    async def _outcome(
+        self, stream: TaskStream, on_update: Callable[[TaskUpdate], Any] | None = None
+    ) -> TaskUpdate:
+        """The final state of a streamed task, with every log line; raises as
+        `raise_for_outcome` does. `on_update` sees each update on the way."""
         logs: list[str] = []
         final: TaskUpdate | None = None
         async with stream as updates:
             async for update in updates:
+                if on_update is not None:
+                    result = on_update(update)
+                    if inspect.isawaitable(result):
+                        await result
                 logs.extend(update.logs)
                 final = update
         if final is None or not final.status.is_terminal:

@@ -205,6 +205,8 @@ class StreamReader(Generic[R]):
         transport: Transport,
         options: StreamingOptions,
         start: Start[R],
+        *,
+        on_abandon: Callable[[Codec[R]], Awaitable[None]] | None = None,
     ) -> None:
         self.codec: Codec[R] | None = None
         """The resource's codec, once `start` has run (on the first `next_batch`)."""
@@ -228,6 +230,8 @@ class StreamReader(Generic[R]):
         self._ids: Sequence[str | None] | None = None
         self._next = 0
         self._problem: BaseException | None = None
+        # Run once when the reader is closed before its resource ended (cancel the task).
+        self._on_abandon = on_abandon
 
     @property
     def ended(self) -> bool:
@@ -295,6 +299,9 @@ class StreamReader(Generic[R]):
             reading.cancel(_CLOSED)
             await asyncio.shield(done)
         await self._disconnect()
+        abandon, self._on_abandon = self._on_abandon, None
+        if abandon is not None and not self._ended and self.codec is not None:
+            await abandon(self.codec)
 
     async def _read(self, limit: int) -> list[R] | None:
         batch: list[R] = []

@@ -21,7 +21,15 @@ import os
 import queue
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import CancelledError, Future
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +39,15 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._agent import AgentEvent, AsyncAgent, ChatMessage, MessageCallback, ToolCallCallback
 from ._async_client import DEFAULT_REQUEST_RETRY, AsyncInference, Params
+from ._batch import (
+    AsyncBatch,
+    BatchItem,
+    BatchProgress,
+    OnSubmit,
+    OnUpdate,
+    TaskOutcome,
+    next_outcome,
+)
 from ._events import TaskUpdate
 from ._exceptions import InferenceshError, UsageError
 from ._files import File, ProgressCallback
@@ -40,7 +57,7 @@ from ._sessions import AsyncSession, SessionInfo
 from ._stream import Items, ItemStream, MakeView
 from ._streaming import StreamingOptions
 
-__all__ = ["Agent", "Inference", "Session", "SyncStream", "inference"]
+__all__ = ["Agent", "Inference", "Session", "SyncBatch", "SyncStream", "inference"]
 
 T = TypeVar("T")
 
@@ -332,6 +349,7 @@ class Inference:
         stream: Literal[True],
         wait: bool = True,
         options: StreamingOptions | None = None,
+        cancel_on_close: bool = False,
     ) -> SyncStream[TaskUpdate]: ...
 
     @overload
@@ -342,6 +360,7 @@ class Inference:
         stream: Literal[False] = False,
         wait: bool = True,
         options: StreamingOptions | None = None,
+        cancel_on_close: bool = False,
     ) -> TaskUpdate: ...
 
     def run(
@@ -351,16 +370,41 @@ class Inference:
         stream: bool = False,
         wait: bool = True,
         options: StreamingOptions | None = None,
+        cancel_on_close: bool = False,
     ) -> SyncStream[TaskUpdate] | TaskUpdate:
         """Run an app; see `AsyncInference.run`. With `stream=True`, returns an iterator."""
         if stream:
-            return SyncStream(self, self._async.run(params, stream=True, options=options))
-        return self._call(self._run, params, wait, options)
+            updates = self._async.run(
+                params, stream=True, options=options, cancel_on_close=cancel_on_close
+            )
+            return SyncStream(self, updates)
+        return self._call(
+            lambda: self._async.run(
+                params, wait=wait, options=options, cancel_on_close=cancel_on_close
+            )
+        )
 
-    async def _run(
-        self, params: Params, wait: bool, options: StreamingOptions | None
-    ) -> TaskUpdate:
-        return await self._async.run(params, wait=wait, options=options)
+    def run_many(
+        self,
+        configs: Iterable[Params | BatchItem],
+        *,
+        concurrency: int = 8,
+        fail_fast: bool = False,
+        cancel_unfinished: bool = True,
+        on_update: OnUpdate | None = None,
+        on_submit: OnSubmit | None = None,
+        options: StreamingOptions | None = None,
+        total: int | None = None,
+    ) -> SyncBatch:
+        """Run many apps, at most `concurrency` at a time; iterate to get each `TaskOutcome`
+        as its task ends (see `AsyncInference.run_many`). The callbacks run on the client's
+        loop thread."""
+        batch = self._async.run_many(
+            configs, concurrency=concurrency, fail_fast=fail_fast,
+            cancel_unfinished=cancel_unfinished, on_update=on_update, on_submit=on_submit,
+            options=options, total=total,
+        )  # fmt: skip
+        return SyncBatch(self, batch)
 
     def get_task(self, task_id: str) -> TaskUpdate:
         """The task's current state; see `AsyncInference.get_task`."""
@@ -487,6 +531,54 @@ class Agent:
     def stop(self) -> None:
         """Stop the agent's current run; see `AsyncAgent.stop`."""
         self._client._call(self._async.stop)
+
+
+class SyncBatch(Iterator[TaskOutcome]):
+    """A blocking batch (see `AsyncBatch`): iterate for each `TaskOutcome` as it ends.
+
+    Leaving early (break, an exception, Ctrl-C) stops the tasks in flight and, unless the
+    batch was told not to, cancels them on the server before the loop goes on: use `with`,
+    or `close()`, so that happens at once.
+    """
+
+    def __init__(self, client: Inference, batch: AsyncBatch) -> None:
+        self._client = client
+        self._batch = batch
+        self._next = next_outcome(batch)
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> TaskOutcome:
+        # Relayed, so Ctrl-C here cancels the batch's loop once and waits for its clean-up.
+        outcome = self._client._relay(self._next)
+        if outcome is None:
+            raise StopIteration
+        return outcome
+
+    @property
+    def progress(self) -> BatchProgress:
+        """The batch's tally now (read on the client's loop)."""
+        return self._client._call(self._batch.progress_now)
+
+    def results(self) -> list[TaskOutcome]:
+        """Every outcome, in input order (this keeps them all; iterate to keep none)."""
+        return sorted(self, key=lambda outcome: outcome.index)
+
+    def close(self) -> None:
+        """Stop now: tasks in flight stop here and, unless told not to, on the server."""
+        self._client._call(self._batch.aclose)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class Session:
