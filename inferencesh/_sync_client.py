@@ -415,10 +415,15 @@ class Inference:
         self._call(self._async.cancel_task, task_id)
 
     def stream_task(
-        self, task_id: str, options: StreamingOptions | None = None
+        self,
+        task_id: str,
+        options: StreamingOptions | None = None,
+        *,
+        cancel_on_close: bool = False,
     ) -> SyncStream[TaskUpdate]:
         """Attach to an existing task's stream; see `AsyncInference.stream_task`."""
-        return SyncStream(self, self._async.stream_task(task_id, options))
+        stream = self._async.stream_task(task_id, options, cancel_on_close=cancel_on_close)
+        return SyncStream(self, stream)
 
     def delete_task(self, task_id: str, *, files: bool = False) -> None:
         """Delete a task; with `files=True` also the files it used and made."""
