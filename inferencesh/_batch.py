@@ -54,6 +54,8 @@ Params = Mapping[str, Any]
 _PARALLEL_CANCELS = 16
 # Failures kept for `BatchProgress.recent_failures`.
 _RECENT = 5
+# The message `aclose` cancels an iteration in another task with, so it knows it is its own.
+_CLOSED = "inferencesh: batch closed"
 
 
 @attrs.frozen
@@ -241,6 +243,8 @@ class AsyncBatch(AsyncIterator[TaskOutcome]):
         self._options = options
         self._tally = _Tally(total)
         self._outcomes = _run(self, _items(configs))
+        self._iterating: asyncio.Task[Any] | None = None  # the task in `__anext__`, if any
+        self._iteration_done: asyncio.Future[None] | None = None
 
     @property
     def progress(self) -> BatchProgress:
@@ -255,7 +259,19 @@ class AsyncBatch(AsyncIterator[TaskOutcome]):
         return self
 
     async def __anext__(self) -> TaskOutcome:
-        return await self._outcomes.__anext__()
+        task = asyncio.current_task()
+        done = asyncio.get_running_loop().create_future()
+        self._iterating, self._iteration_done = task, done
+        try:
+            return await self._outcomes.__anext__()
+        except asyncio.CancelledError as exc:
+            # `aclose` from another task ends this iteration, not the task it runs in.
+            if exc.args == (_CLOSED,) and task is not None and task.uncancel() == 0:
+                raise StopAsyncIteration from None
+            raise
+        finally:
+            self._iterating = None
+            done.set_result(None)
 
     async def results(self) -> list[TaskOutcome]:
         """Every outcome, in input order (this keeps them all; iterate to keep none)."""
@@ -263,7 +279,13 @@ class AsyncBatch(AsyncIterator[TaskOutcome]):
         return sorted(found, key=lambda outcome: outcome.index)
 
     async def aclose(self) -> None:
-        """Stop now: tasks in flight stop here and, unless told not to, on the server."""
+        """Stop now: tasks in flight stop here and, unless told not to, on the server (from
+        any task: an iteration waiting in another one ends)."""
+        iterating, done = self._iterating, self._iteration_done
+        current = asyncio.current_task()
+        if iterating is not None and done is not None and iterating is not current:
+            iterating.cancel(_CLOSED)  # its loop cleans up as it leaves
+            await asyncio.shield(done)
         await self._outcomes.aclose()
 
     async def __aenter__(self) -> Self:
@@ -319,6 +341,8 @@ class AsyncBatch(AsyncIterator[TaskOutcome]):
 async def _run(batch: AsyncBatch, items: Iterator[BatchItem]) -> AsyncGenerator[TaskOutcome, None]:
     """The batch's loop (a module function: the generator must not keep the batch alive)."""
     running: dict[asyncio.Task[TaskOutcome], _Slot] = {}
+    # Tasks put themselves here as they end: one wake-up per task, whatever the bound.
+    ended: asyncio.Queue[asyncio.Task[TaskOutcome]] = asyncio.Queue()
     more = True
     try:
         while True:
@@ -329,17 +353,18 @@ async def _run(batch: AsyncBatch, items: Iterator[BatchItem]) -> AsyncGenerator[
                     break
                 slot = _Slot(item)
                 batch._tally.start(item.index)
-                running[asyncio.ensure_future(batch._one(slot))] = slot
+                task = asyncio.ensure_future(batch._one(slot))
+                task.add_done_callback(ended.put_nowait)
+                running[task] = slot
             if not running:
                 return
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for finished in sorted(done, key=lambda task: running[task].item.index):
-                del running[finished]
-                outcome = finished.result()
-                batch._tally.end(outcome)
-                if outcome.error is not None and batch._fail_fast:
-                    raise outcome.error
-                yield outcome
+            finished = await ended.get()
+            del running[finished]
+            outcome = finished.result()
+            batch._tally.end(outcome)
+            if outcome.error is not None and batch._fail_fast:
+                raise outcome.error
+            yield outcome
     finally:
         await _abandon(batch, running)
 

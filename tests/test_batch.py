@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -261,3 +262,58 @@ def test_the_blocking_batch_iterates_and_ctrl_c_cancels_on_the_server() -> None:
             assert emu.wait_until(
                 lambda e, t=task_id: (e.task_snapshot(t) or {}).get("status") == 12, timeout=5
             )
+
+
+BENCH_SERVER = Path(__file__).resolve().parent.parent / "benchmarks" / "_server.py"
+TEN_THOUSAND = """
+import asyncio, re, sys
+from inferencesh import async_inference
+
+def rss():
+    status = open("/proc/self/status").read()
+    return int(re.search(r"VmRSS:\\s+(\\d+) kB", status).group(1)) // 1024
+
+async def main():
+    configs = ({"app": "a/b", "input": {"i": i, "sim": {"steps": 1}}} for i in range(10_000))
+    ok = 0
+    async with async_inference(api_key="k", base_url=sys.argv[1]) as client:
+        async for outcome in client.run_many(configs, concurrency=64):
+            ok += outcome.ok
+            if outcome.index == 1_000:
+                early = rss()
+    print(ok, early, rss())
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_ten_thousand_inputs_with_flat_memory() -> None:
+    """10,000 tasks through `run_many`: outcomes go to the caller, so the client's memory
+    after the last is what it was after the first thousand."""
+    import subprocess
+    import sys
+
+    server = subprocess.Popen(
+        [sys.executable, str(BENCH_SERVER), "--emulator", "--lifetime", "120"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        ready = server.stdout.readline().decode()
+        assert ready.startswith("READY "), ready
+        url = f"http://127.0.0.1:{int(ready.split()[1])}"
+        result = subprocess.run(
+            [sys.executable, "-c", TEN_THOUSAND, url],
+            capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+    finally:
+        assert server.stdin is not None
+        server.stdin.close()  # its signal to stop
+        server.wait(30)
+        assert server.stdout is not None
+        server.stdout.close()
+    assert result.returncode == 0, result.stderr
+    ok, early, late = map(int, result.stdout.split())
+    assert ok == 10_000
+    assert late - early < 16, f"RSS grew from {early} to {late} MiB over 9,000 tasks"
