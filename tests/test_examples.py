@@ -57,7 +57,8 @@ def statuses(out: str, prefix: str = "Status: ") -> list[str]:
 def test_every_seed_section_has_a_script_and_every_script_is_listed() -> None:
     assert set(SECTIONS) == set(seed_examples())
     scripts = {path.name for path in EXAMPLES.glob("*.py")}
-    assert set(SECTIONS.values()) | {"live_progress.py", "files_roundtrip.py"} == scripts
+    extra = {"live_progress.py", "files_roundtrip.py", "batch_prompts.py"}
+    assert set(SECTIONS.values()) | extra == scripts
     listing = (EXAMPLES / "README.md").read_text(encoding="utf-8")
     for section, script in SECTIONS.items():
         assert re.search(rf"\| {re.escape(section)} \| `{re.escape(script)}", listing), section
@@ -194,3 +195,20 @@ def _png(folder: Path) -> Path:
     body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\x00\x00\xff"))
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + body + chunk(b"IEND", b""))
     return path
+
+
+def test_batch_prompts_runs_every_prompt_once(server: str) -> None:
+    """The fan-out example prints one line per task as it ends, the tally, then each output
+    in input order."""
+    out = run_example("batch_prompts.py", server, "2")
+    lines = out.splitlines()
+    assert sorted(int(line.split("]")[0].split("/")[0][1:]) for line in lines[:5]) == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
+    assert all(line.endswith(": completed") for line in lines[:5])
+    assert re.fullmatch(r"5 completed, 0 failed, \d+\.\d tasks/s", lines[5])
+    assert [line.split()[0] for line in lines[6:]] == ["0", "1", "2", "3", "4"]

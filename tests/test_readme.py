@@ -58,6 +58,7 @@ EXPECTED = [
     ("acme/weather", r"for that\. \nHere is the forecast: sunny, 24 °C\n\Z"),
     ('"image": Path("photo.png")', r"\Aimage\.png image/png True\n\Z"),
     ('client.session("acme/upscaler"', r"\ATrue completed 3\n\Z"),
+    ("client.run_many(configs, concurrency=2)", r"\A(\d ok\n){4}4 completed\n\Z"),
     ("emu.faults.drop_after = 3", r"'setting_up', 'running'.*'completed'\]\n([2-9]|\d\d+) stream"),
 ]
 
