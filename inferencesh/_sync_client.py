@@ -139,6 +139,21 @@ def _iterate(
             client._close_soon(reader.aclose)
 
 
+def _iterate_batch(client: Inference, batch: AsyncBatch) -> Generator[TaskOutcome, None, None]:
+    # A module function holding no reference to the SyncBatch: dropping a loop left early
+    # (break) finalizes this generator at once, and with it the batch.
+    next_one = next_outcome(batch)
+    try:
+        while True:
+            # Relayed, so Ctrl-C here cancels the batch's loop once and waits for its clean-up.
+            outcome = client._relay(next_one)
+            if outcome is None:
+                return
+            yield outcome
+    finally:
+        client._close_soon(batch.aclose)
+
+
 class Inference:
     """Blocking client for the inference.sh API, with the same operations as `AsyncInference`.
 
@@ -542,24 +557,20 @@ class SyncBatch(Iterator[TaskOutcome]):
     """A blocking batch (see `AsyncBatch`): iterate for each `TaskOutcome` as it ends.
 
     Leaving early (break, an exception, Ctrl-C) stops the tasks in flight and, unless the
-    batch was told not to, cancels them on the server before the loop goes on: use `with`,
-    or `close()`, so that happens at once.
+    batch was told not to, cancels them on the server before the loop goes on: at once in
+    `for outcome in client.run_many(...)`, and with `with` or `close()` otherwise.
     """
 
     def __init__(self, client: Inference, batch: AsyncBatch) -> None:
         self._client = client
         self._batch = batch
-        self._next = next_outcome(batch)
+        self._outcomes = _iterate_batch(client, batch)
 
-    def __iter__(self) -> Self:
-        return self
+    def __iter__(self) -> Iterator[TaskOutcome]:
+        return self._outcomes
 
     def __next__(self) -> TaskOutcome:
-        # Relayed, so Ctrl-C here cancels the batch's loop once and waits for its clean-up.
-        outcome = self._client._relay(self._next)
-        if outcome is None:
-            raise StopIteration
-        return outcome
+        return next(self._outcomes)
 
     @property
     def progress(self) -> BatchProgress:

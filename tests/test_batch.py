@@ -116,9 +116,13 @@ async def test_fail_fast_raises_the_first_failure_and_cancels_the_siblings() -> 
                 items, concurrency=4, fail_fast=True, on_update=remember
             ):
                 pass
-    assert sorted(started) == [0, 1, 2, 3]
-    for index in (1, 2, 3):
-        assert (emu.task_snapshot(started[index]) or {}).get("status") == TaskStatus.CANCELLED.code
+        assert sorted(started) == [0, 1, 2, 3]
+        for index in (1, 2, 3):
+
+            def cancelled(emu: Emulator, task_id: str = started[index]) -> bool:
+                return (emu.task_snapshot(task_id) or {}).get("status") == 12
+
+            assert await emu.async_wait_until(cancelled, timeout=5)
 
 
 @pytest.mark.parametrize("cancel_unfinished", [True, False])
@@ -317,3 +321,26 @@ def test_ten_thousand_inputs_with_flat_memory() -> None:
     ok, early, late = map(int, result.stdout.split())
     assert ok == 10_000
     assert late - early < 16, f"RSS grew from {early} to {late} MiB over 9,000 tasks"
+
+
+def test_breaking_out_of_a_blocking_batch_cancels_at_once() -> None:
+    """`for outcome in client.run_many(...)`: break, and the tasks still running are
+    cancelled on the server before the next line runs."""
+    emu = Emulator(EmulatorOptions(sim_step_delay=0, transition_delay=0))
+    with serve_in_thread(emu) as url, inference(api_key="k", base_url=url) as client:
+        ids: dict[int, str] = {}
+        items = [{"app": "a/b", "input": {"sim": {"steps": 0}}}] + [
+            {"app": "a/b", "input": {"i": i, **HOLD}} for i in range(2)
+        ]
+        for outcome in client.run_many(
+            items, concurrency=3, on_update=lambda i, u: ids.update({i: u.id})
+        ):
+            assert outcome.index == 0
+            break
+        statuses = [(emu.task_snapshot(ids[i]) or {}).get("status") for i in (1, 2)]
+        # Asked already (cancelling, or cancelled once the app stopped), and cancelled soon.
+        assert set(statuses) <= {TaskStatus.CANCELLING.code, TaskStatus.CANCELLED.code}
+        for i in (1, 2):
+            assert emu.wait_until(
+                lambda e, t=ids[i]: (e.task_snapshot(t) or {}).get("status") == 12, timeout=5
+            )
