@@ -10,6 +10,7 @@ from __future__ import annotations
 from ._agent import AgentEvent, AsyncAgent, ChatMessage, MessageEvent, ToolCall
 from ._async_client import AsyncInference, TaskStream, async_inference
 from ._batch import AsyncBatch, BatchItem, BatchProgress, TaskOutcome
+from ._defaults import USE_CLIENT_DEFAULT, UseClientDefault
 from ._events import Progress, TaskUpdate
 from ._exceptions import (
     AgentError,
@@ -118,5 +119,7 @@ __all__ = [
     "TransferProgress",
     "TransportError",
     "UsageError",
+    "USE_CLIENT_DEFAULT",
+    "UseClientDefault",
     "__version__",
 ]

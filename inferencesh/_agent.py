@@ -21,12 +21,13 @@ from urllib.parse import quote
 
 import attrs
 
+from ._defaults import USE_CLIENT_DEFAULT, Timeout
 from ._events import MappingReads
 from ._exceptions import AgentError, ProtocolError, ToolCallError, UsageError
 from ._files import file_ref, is_uploadable, upload, upload_all
 from ._reader import Codec, StreamReader
 from ._stream import ItemStream
-from ._streaming import StreamingOptions
+from ._streaming import StreamingOptions, timed
 from ._transport import Transport
 from ._wire import header_safe, loads, preview
 
@@ -352,29 +353,35 @@ class AsyncAgent:
         """The chat this agent talks in; set by the first message."""
         return self._chat_id
 
-    def stream(self, text: str, *, files: Sequence[Any] = ()) -> ItemStream[AgentEvent]:
+    def stream(
+        self, text: str, *, files: Sequence[Any] = (), timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> ItemStream[AgentEvent]:
         """Send `text` and yield what happens: text and thinking pieces, tool calls, and last
         the finished assistant `ChatMessage`. Raises `AgentError` if the run fails.
 
         `files` are attached to the message: `File`s as they are, and paths, bytes, binary
-        file objects and `data:` URIs uploaded first (as in a task's input).
+        file objects and `data:` URIs uploaded first (as in a task's input). `timeout` bounds
+        the whole exchange, sending included (it replaces the options' `total_timeout`).
         """
         if not isinstance(text, str):
             raise UsageError(f"message text must be a string, got {type(text).__name__}")
         attached = _attachable(files)
+        options = timed(self._options, timeout)
 
         async def start() -> tuple[ChatCodec, Sequence[ChatEvent]]:
             return await self._send(text, await self._attachments(attached)), ()
 
-        reader: StreamReader[ChatEvent] = StreamReader(self._transport, self._options, start)
+        reader: StreamReader[ChatEvent] = StreamReader(self._transport, options, start)
         return ItemStream(reader, _chat_view)
 
-    async def _attachments(self, files: Sequence[Any]) -> list[dict[str, Any]]:
+    async def _attachments(
+        self, files: Sequence[Any], timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> list[dict[str, Any]]:
         uploaded = await upload_all(
             files,
             lambda value: upload(
                 self._transport, value, filename=None, content_type=None, progress=None,
-                options=self._options,
+                options=self._options, timeout=timeout,
             ),
         )  # fmt: skip
         return [file_ref(file) for file in uploaded]
@@ -408,16 +415,17 @@ class AsyncAgent:
         files: Sequence[Any] = (),
         on_message: MessageCallback | None = None,
         on_tool_call: ToolCallCallback | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> ChatMessage:
         """Send `text`, run the callbacks as the answer streams, return the final message.
 
         Callbacks may be plain functions or coroutine functions. A tool call with no handler,
         or whose handler raises, raises `ToolCallError`. Whatever ends this call early (an
-        error, a callback that raises, cancellation), the run is stopped first, so the chat is
-        never left waiting for this client.
+        error, a callback that raises, cancellation, `timeout`), the run is stopped first, so
+        the chat is never left waiting for this client. `timeout` is as `stream`'s.
         """
         final: ChatMessage | None = None
-        events = self.stream(text, files=files)
+        events = self.stream(text, files=files, timeout=timeout)
         try:
             async for event in events:
                 if isinstance(event, ChatMessage):
@@ -438,24 +446,31 @@ class AsyncAgent:
             logger.warning("could not stop chat %s after a failure: %r", self._chat_id, exc)
 
     async def submit_tool_result(
-        self, call_id: str, result: Any, *, attachments: Sequence[Any] = ()
+        self,
+        call_id: str,
+        result: Any,
+        *,
+        attachments: Sequence[Any] = (),
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> None:
         """Answer a client tool call; a non-string result is sent as JSON. `attachments`
-        (at most 20) go with it, uploaded first as `send_message`'s `files` are."""
+        (at most 20) go with it, uploaded first as `send_message`'s `files` are. `timeout`
+        replaces the client's for each request this makes."""
         if not isinstance(call_id, str) or not call_id:
             raise UsageError(f"call_id must be a non-empty string, got {call_id!r:.80}")
         body = encode_tool_result(result)
         attached = _attachable(attachments)
         if attached:
-            body["attachments"] = await self._attachments(attached)
-        await self._transport.request("POST", f"/tools/{quote(call_id, safe='')}", json_body=body)
+            body["attachments"] = await self._attachments(attached, timeout)
+        path = f"/tools/{quote(call_id, safe='')}"
+        await self._transport.request("POST", path, json_body=body, timeout=timeout)
 
-    async def stop(self) -> None:
+    async def stop(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
         """Stop the agent's current run in this chat."""
         if self._chat_id is None:
             raise UsageError("this agent has no chat yet: send a message first")
         path = f"/chats/{quote(self._chat_id, safe='')}/stop"
-        await self._transport.request("POST", path, idempotent=True)
+        await self._transport.request("POST", path, idempotent=True, timeout=timeout)
 
 
 # The most files one message or tool result may carry (protocol: section 3.3).

@@ -17,6 +17,7 @@ import attrs
 from ._agent import AsyncAgent
 from ._batch import AsyncBatch, BatchItem, OnSubmit, OnUpdate
 from ._converters import TaskEvent, structure_task, valid_task_id
+from ._defaults import USE_CLIENT_DEFAULT, Timeout, call_timeout
 from ._events import TaskUpdate
 from ._exceptions import (
     InferenceshError,
@@ -32,7 +33,7 @@ from ._retry import RetryPolicy
 from ._sessions import AsyncSession, SessionInfo, session_info, session_path
 from ._status import TaskStatus
 from ._stream import ItemStream
-from ._streaming import StreamingOptions
+from ._streaming import StreamingOptions, timed
 from ._task_stream import TaskCodec, TaskView, update_of
 from ._transport import DEFAULT_BASE_URL, Transport
 from ._wire import preview
@@ -87,6 +88,15 @@ class AsyncInference:
 
     What the server says alongside an answer (the envelope's `messages`) is logged on the
     `inferencesh.server` logger and given to `on_messages`, if set, as the list it sent.
+
+    Every request (API calls, streams, file uploads and downloads) goes through `proxy`
+    (`"http://[user:password@]host:port"`) when given; otherwise, unless `trust_env=False`,
+    through the proxy `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` name for its URL (read when
+    the client is created), except for the hosts `NO_PROXY` lists. `default_headers` go with
+    every API request, never to presigned storage URLs; they cannot set `Authorization`.
+
+    Each call's own `timeout=` (seconds, or None for no limit) replaces the client's for that
+    call: a REST call's `timeout`, a stream's (or a wait's) `total_timeout`.
     """
 
     def __init__(
@@ -99,6 +109,9 @@ class AsyncInference:
         streaming_options: StreamingOptions | None = None,
         retry: RetryPolicy = DEFAULT_REQUEST_RETRY,
         on_messages: Callable[[list[Any]], Any] | None = None,
+        proxy: str | None = None,
+        trust_env: bool = True,
+        default_headers: Mapping[str, str] | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("INFERENCE_API_KEY", "")
         self._options = streaming_options or StreamingOptions()
@@ -110,6 +123,9 @@ class AsyncInference:
             max_connections=max_connections,
             max_body_bytes=self._options.max_event_bytes,
             on_messages=on_messages,
+            proxy=proxy,
+            trust_env=trust_env,
+            default_headers=default_headers,
         )
 
     def __repr__(self) -> str:
@@ -161,6 +177,7 @@ class AsyncInference:
         wait: bool = True,
         options: StreamingOptions | None = None,
         cancel_on_close: bool = False,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> TaskStream: ...
 
     @overload
@@ -172,6 +189,7 @@ class AsyncInference:
         wait: bool = True,
         options: StreamingOptions | None = None,
         cancel_on_close: bool = False,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> Awaitable[TaskUpdate]: ...
 
     def run(
@@ -182,6 +200,7 @@ class AsyncInference:
         wait: bool = True,
         options: StreamingOptions | None = None,
         cancel_on_close: bool = False,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> TaskStream | Awaitable[TaskUpdate]:
         """Run an app.
 
@@ -190,21 +209,41 @@ class AsyncInference:
         final state (raising `TaskFailedError` or `TaskCancelledError` otherwise), or with
         `wait=False` the task as just created. With `cancel_on_close`, leaving the stream (or
         the wait) before the task ended cancels the task on the server too.
+
+        `timeout` bounds the stream or the wait from the start (`TaskTimeoutError`; it
+        replaces the options' `total_timeout`), or with `wait=False` the requests that create
+        the task (`RequestTimeoutError`; it replaces the client's `timeout`).
         """
         if not isinstance(params, Mapping):
             raise UsageError(f"params must be a mapping, got {type(params).__name__}")
-        if stream:
-            return self._stream(lambda: self._create(params), options, cancel_on_close)
-        if not wait:
-            return self._created(params)
-        return self._outcome(self._stream(lambda: self._create(params), options, cancel_on_close))
+        if not stream and not wait:
+            call_timeout(timeout, None)  # a wrong value is said now, not when awaited
+            return self._created(params, timeout)
+        updates = self._stream(
+            lambda: self._create(params), self._timed(options, timeout), cancel_on_close
+        )
+        return updates if stream else self._outcome(updates)
 
-    async def _create(self, params: Params) -> tuple[TaskCodec, Sequence[TaskEvent]]:
+    def _timed(self, options: StreamingOptions | None, timeout: Timeout) -> StreamingOptions:
+        """The options of a stream: `options` (else the client's), with the call's `timeout`
+        as their `total_timeout` if it gave one."""
+        return timed(options or self._options, timeout)
+
+    async def _create(
+        self, params: Params, timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> tuple[TaskCodec, Sequence[TaskEvent]]:
         body = dict(params)
         if "input" in body:
-            body["input"] = await upload_inputs(body["input"], self._upload_input)
+
+            async def upload_input(value: Any) -> File:
+                return await upload(
+                    self._transport, value, filename=None, content_type=None, progress=None,
+                    options=self._options, timeout=timeout,
+                )  # fmt: skip
+
+            body["input"] = await upload_inputs(body["input"], upload_input)
         # Not idempotent: a POST that may have reached the app is never sent twice.
-        data = await self._transport.request("POST", "/apps/run", json_body=body)
+        data = await self._transport.request("POST", "/apps/run", json_body=body, timeout=timeout)
         task_id = data.get("id") if isinstance(data, Mapping) else None
         if not valid_task_id(task_id):
             raise ProtocolError(
@@ -214,16 +253,16 @@ class AsyncInference:
         event = structure_task(data, task_id)
         return TaskCodec(task_id), [event] if event is not None else []
 
-    async def _created(self, params: Params) -> TaskUpdate:
-        codec, events = await self._create(params)
+    async def _created(self, params: Params, timeout: Timeout) -> TaskUpdate:
+        codec, events = await self._create(params, timeout)
         return update_of(events[0] if events else None, codec.task_id)
 
     def _stream(
-        self, start: Any, options: StreamingOptions | None, cancel_on_close: bool = False
+        self, start: Any, options: StreamingOptions, cancel_on_close: bool = False
     ) -> TaskStream:
         reader: StreamReader[TaskEvent] = StreamReader(
             self._transport,
-            options or self._options,
+            options,
             start,
             on_abandon=self._abandoned if cancel_on_close else None,
         )
@@ -267,29 +306,36 @@ class AsyncInference:
             options=options, total=total,
         )  # fmt: skip
 
-    async def get_task(self, task_id: str) -> TaskUpdate:
+    async def get_task(self, task_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> TaskUpdate:
         """The task's current state (its `logs` are all lines so far)."""
-        data = await self._transport.request("GET", f"/tasks/{_quote_id(task_id)}")
+        path = f"/tasks/{_quote_id(task_id)}"
+        data = await self._transport.request("GET", path, timeout=timeout)
         return update_of(structure_task(_require_object(data), task_id), task_id)
 
-    async def cancel_task(self, task_id: str) -> None:
+    async def cancel_task(self, task_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
         """Ask the server to cancel the task; a finished task is left as it is."""
         path = f"/tasks/{_quote_id(task_id)}/cancel"
-        await self._transport.request("POST", path, idempotent=True)
+        await self._transport.request("POST", path, idempotent=True, timeout=timeout)
 
-    async def delete_task(self, task_id: str, *, files: bool = False) -> None:
+    async def delete_task(
+        self, task_id: str, *, files: bool = False, timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> None:
         """Delete a task; with `files=True` also the files it used and made."""
         path = f"/tasks/{_quote_id(task_id)}" + ("?files=true" if files else "")
-        await self._transport.request("DELETE", path)
+        await self._transport.request("DELETE", path, timeout=timeout)
 
     async def task_files(
-        self, task_id: str, *, role: Literal["input", "output"] | None = None
+        self,
+        task_id: str,
+        *,
+        role: Literal["input", "output"] | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> list[File]:
         """The files a task used (`role="input"`) and made (`"output"`), or both."""
         if role not in (None, "input", "output"):
             raise UsageError(f'role must be None, "input" or "output", got {role!r:.40}')
         path = f"/tasks/{_quote_id(task_id)}/files" + (f"?role={role}" if role else "")
-        data = await self._transport.request("GET", path)
+        data = await self._transport.request("GET", path, timeout=timeout)
         if data is None:
             return []
         if not isinstance(data, list):
@@ -302,14 +348,16 @@ class AsyncInference:
         options: StreamingOptions | None = None,
         *,
         cancel_on_close: bool = False,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> TaskStream:
-        """Attach to an existing task's stream; the first update is its current state."""
+        """Attach to an existing task's stream; the first update is its current state.
+        `timeout` bounds the whole stream (it replaces the options' `total_timeout`)."""
         _quote_id(task_id)
 
         async def start() -> tuple[TaskCodec, Sequence[TaskEvent]]:
             return TaskCodec(task_id), ()
 
-        return self._stream(start, options, cancel_on_close)
+        return self._stream(start, self._timed(options, timeout), cancel_on_close)
 
     async def upload_file(
         self,
@@ -318,23 +366,20 @@ class AsyncInference:
         filename: str | None = None,
         content_type: str | None = None,
         progress: ProgressCallback | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> File:
         """Upload a file and return it; pass the `File` (or its `uri`) in an app's input.
 
         `source` is a path (a `str` is a path, or a `data:` URI), `bytes`, or a binary file
         object; the content streams from disk in chunks. The type comes from `content_type`,
         the data URI, or the file name. `progress` is called with a `TransferProgress` as
-        bytes go out (a coroutine function is awaited).
+        bytes go out (a coroutine function is awaited). `timeout` replaces the client's for
+        the request that creates the file; sending its bytes is bounded by the options'
+        `idle_timeout` (no progress), whatever their size.
         """
         return await upload(
             self._transport, source, filename=filename, content_type=content_type,
-            progress=progress, options=self._options,
-        )  # fmt: skip
-
-    async def _upload_input(self, value: Any) -> File:
-        return await upload(
-            self._transport, value, filename=None, content_type=None, progress=None,
-            options=self._options,
+            progress=progress, options=self._options, timeout=timeout,
         )  # fmt: skip
 
     async def download(
@@ -375,30 +420,32 @@ class AsyncInference:
             self, self._transport, app, idle_timeout=idle_timeout, keepalive=keepalive
         )
 
-    async def get_session(self, session_id: str) -> SessionInfo:
+    async def get_session(
+        self, session_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> SessionInfo:
         """A session as the server sees it (`SessionNotFoundError` if it knows none)."""
-        return session_info(await self._transport.request("GET", session_path(session_id)))
+        path = session_path(session_id)
+        return session_info(await self._transport.request("GET", path, timeout=timeout))
 
-    async def list_sessions(self) -> list[SessionInfo]:
+    async def list_sessions(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> list[SessionInfo]:
         """Your sessions, as the server lists them."""
-        data = await self._transport.request("GET", "/sessions")
+        data = await self._transport.request("GET", "/sessions", timeout=timeout)
         if data is None:
             return []
         if not isinstance(data, list):
             raise ProtocolError(f"GET /sessions answered {preview(data)}, not a list")
         return [session_info(item) for item in data]
 
-    async def wait_for_completion(self, task_id: str, timeout: float | None = None) -> TaskUpdate:
+    async def wait_for_completion(
+        self, task_id: str, timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> TaskUpdate:
         """Wait for the task to end and return its final state, with every log line.
 
         Raises `TaskFailedError` / `TaskCancelledError` when it did not complete, and
-        `TaskTimeoutError` when `timeout` seconds pass first (the task keeps running).
+        `TaskTimeoutError` when `timeout` seconds pass first (the task keeps running). Without
+        a `timeout`, the client's `streaming_options.total_timeout` applies; None: no limit.
         """
-        if timeout is not None:
-            options = attrs.evolve(self._options, total_timeout=timeout)
-        else:
-            options = self._options
-        return await self._outcome(self.stream_task(task_id, options))
+        return await self._outcome(self.stream_task(task_id, timeout=timeout))
 
     async def _outcome(
         self, stream: TaskStream, on_update: Callable[[TaskUpdate], Any] | None = None

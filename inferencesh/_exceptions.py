@@ -3,7 +3,7 @@
 ```
 InferenceshError                      base of every exception the SDK raises
 ├── TransportError                    the network failed; retryable
-│   ├── ConnectError                  could not connect (DNS, refused, connect timeout)
+│   ├── ConnectError                  could not connect (DNS, refused, timeout, proxy refused)
 │   ├── HeadersTimeoutError           no response headers within the headers timeout
 │   ├── IdleTimeoutError              no byte (heartbeats included) within the idle timeout
 │   ├── RequestTimeoutError           a REST call, retries included, passed its timeout
@@ -92,7 +92,8 @@ class TransportError(InferenceshError):
 
 
 class ConnectError(TransportError):
-    """The connection could not be established (refused, DNS, connect timeout)."""
+    """The connection could not be established (refused, DNS, connect timeout), or the proxy
+    could not be reached or refused to connect to the server."""
 
 
 class HeadersTimeoutError(TransportError):
@@ -105,8 +106,8 @@ class IdleTimeoutError(TransportError):
 
 
 class RequestTimeoutError(TransportError, TimeoutError):
-    """A REST call, its retries and the waits between them included, took longer than the
-    client's `timeout`."""
+    """A REST call, its retries and the waits between them included, took longer than its
+    `timeout=` (the client's `timeout` unless the call gave its own)."""
 
 
 class StreamInterruptedError(TransportError):

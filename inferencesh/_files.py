@@ -25,6 +25,7 @@ from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 import attrs
 
+from ._defaults import USE_CLIENT_DEFAULT, Timeout
 from ._events import MappingReads
 from ._exceptions import (
     APIStatusError,
@@ -301,14 +302,18 @@ async def upload(
     content_type: str | None,
     progress: ProgressCallback | None,
     options: StreamingOptions,
+    timeout: Timeout = USE_CLIENT_DEFAULT,
 ) -> File:
-    """Upload `value` (see `AsyncInference.upload_file`) and return the new `File`."""
+    """Upload `value` (see `AsyncInference.upload_file`) and return the new `File`; `timeout`
+    bounds the `POST /files` that creates it (the bytes are bounded by `idle_timeout`)."""
     source = _source(value, filename=filename, content_type=content_type)
     description = {
         "uri": "", "filename": source.filename, "content_type": source.content_type,
         "path": None, "size": source.size, "public": None,
     }  # fmt: skip
-    created = await transport.request("POST", "/files", json_body={"files": [description]})
+    created = await transport.request(
+        "POST", "/files", json_body={"files": [description]}, timeout=timeout
+    )
     if not isinstance(created, list) or not created or not isinstance(created[0], Mapping):
         raise ProtocolError(f"POST /files answered {preview(created)}, not a list of files")
     dto = created[0]

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import attrs
 
+from ._defaults import USE_CLIENT_DEFAULT, Timeout
 from ._events import MappingReads, TaskUpdate
 from ._exceptions import (
     InferenceshError,
@@ -196,6 +197,7 @@ class AsyncSession:
         function: str | None = None,
         stream: Literal[True],
         options: StreamingOptions | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> TaskStream: ...
 
     @overload
@@ -206,6 +208,7 @@ class AsyncSession:
         function: str | None = None,
         stream: Literal[False] = False,
         options: StreamingOptions | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> Awaitable[TaskUpdate]: ...
 
     def run(
@@ -215,26 +218,29 @@ class AsyncSession:
         function: str | None = None,
         stream: bool = False,
         options: StreamingOptions | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> TaskStream | Awaitable[TaskUpdate]:
         """Call the app in this session: as `client.run`, with its `function` (default: the
-        app's own default)."""
+        app's own default); `timeout` as `client.run`'s."""
         params: dict[str, Any] = {"app": self.app, "input": input, "session": self.id}
         if function is not None:
             params["function"] = function
         if stream:
-            return self._client.run(params, stream=True, options=options)
-        return self._client.run(params, options=options)
+            return self._client.run(params, stream=True, options=options, timeout=timeout)
+        return self._client.run(params, options=options, timeout=timeout)
 
-    async def info(self) -> SessionInfo:
+    async def info(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> SessionInfo:
         """The session as the server sees it now."""
-        return session_info(await self._transport.request("GET", session_path(self.id)))
+        path = session_path(self.id)
+        return session_info(await self._transport.request("GET", path, timeout=timeout))
 
-    async def keepalive(self) -> SessionInfo:
+    async def keepalive(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> SessionInfo:
         """Tell the server the session is still wanted (the block does this by itself)."""
         path = session_path(self.id, "/keepalive")
-        return session_info(await self._transport.request("POST", path, idempotent=True))
+        data = await self._transport.request("POST", path, idempotent=True, timeout=timeout)
+        return session_info(data)
 
-    async def end(self) -> None:
+    async def end(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
         """End the session (what leaving `async with` does); idempotent."""
         keeper, self._keeper = self._keeper, None
         if keeper is not None:
@@ -245,7 +251,7 @@ class AsyncSession:
             return
         session_id, self._id = self._id, None
         try:
-            await self._transport.request("DELETE", session_path(session_id))
+            await self._transport.request("DELETE", session_path(session_id), timeout=timeout)
         except (SessionEndedError, SessionExpiredError, SessionNotFoundError) as exc:
             # Already over (or forgotten by the server): what ending it was for.
             logger.debug("session %s was already over: %s", session_id, exc)

@@ -6,10 +6,11 @@ from typing import Any
 
 import attrs
 
+from ._defaults import USE_CLIENT_DEFAULT, Timeout, call_timeout
 from ._exceptions import UsageError
 from ._retry import RetryPolicy, _positive
 
-__all__ = ["DEFAULT_MAX_EVENT_BYTES", "StreamingOptions"]
+__all__ = ["DEFAULT_MAX_EVENT_BYTES", "StreamingOptions", "timed"]
 
 DEFAULT_MAX_EVENT_BYTES = 32 * 1024 * 1024
 
@@ -52,3 +53,10 @@ class StreamingOptions(RetryPolicy):
     idle_timeout: float | None = attrs.field(default=60.0, validator=_optional_positive)
     total_timeout: float | None = attrs.field(default=None, validator=_optional_positive)
     max_event_bytes: int = attrs.field(default=DEFAULT_MAX_EVENT_BYTES, validator=_size)
+
+
+def timed(options: StreamingOptions, timeout: Timeout) -> StreamingOptions:
+    """`options` with a call's `timeout` as their `total_timeout`, if the call gave one."""
+    if timeout is USE_CLIENT_DEFAULT:
+        return options
+    return attrs.evolve(options, total_timeout=call_timeout(timeout, None))

@@ -48,6 +48,7 @@ from ._batch import (
     TaskOutcome,
     next_outcome,
 )
+from ._defaults import USE_CLIENT_DEFAULT, Timeout
 from ._events import TaskUpdate
 from ._exceptions import InferenceshError, UsageError
 from ._files import File, ProgressCallback
@@ -160,7 +161,8 @@ class Inference:
     The work runs on a background event loop owned by this client (a daemon thread started on
     first use), so it works from plain scripts, from several threads at once, and from inside
     a running event loop (Jupyter, async web handlers). `with` or `close()` stops the loop.
-    `on_messages` is called on that loop's thread.
+    `on_messages` is called on that loop's thread. Proxies, `default_headers` and per-call
+    `timeout=` are as `AsyncInference`'s.
     """
 
     def __init__(
@@ -173,6 +175,9 @@ class Inference:
         streaming_options: StreamingOptions | None = None,
         retry: RetryPolicy = DEFAULT_REQUEST_RETRY,
         on_messages: Callable[[list[Any]], Any] | None = None,
+        proxy: str | None = None,
+        trust_env: bool = True,
+        default_headers: Mapping[str, str] | None = None,
     ) -> None:
         def make() -> AsyncInference:
             return AsyncInference(
@@ -183,6 +188,9 @@ class Inference:
                 streaming_options=streaming_options,
                 retry=retry,
                 on_messages=on_messages,
+                proxy=proxy,
+                trust_env=trust_env,
+                default_headers=default_headers,
             )
 
         self._make_async = make
@@ -365,6 +373,7 @@ class Inference:
         wait: bool = True,
         options: StreamingOptions | None = None,
         cancel_on_close: bool = False,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> SyncStream[TaskUpdate]: ...
 
     @overload
@@ -376,6 +385,7 @@ class Inference:
         wait: bool = True,
         options: StreamingOptions | None = None,
         cancel_on_close: bool = False,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> TaskUpdate: ...
 
     def run(
@@ -386,16 +396,22 @@ class Inference:
         wait: bool = True,
         options: StreamingOptions | None = None,
         cancel_on_close: bool = False,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> SyncStream[TaskUpdate] | TaskUpdate:
         """Run an app; see `AsyncInference.run`. With `stream=True`, returns an iterator."""
         if stream:
             updates = self._async.run(
-                params, stream=True, options=options, cancel_on_close=cancel_on_close
-            )
+                params, stream=True, options=options, cancel_on_close=cancel_on_close,
+                timeout=timeout,
+            )  # fmt: skip
             return SyncStream(self, updates)
         return self._call(
             lambda: self._async.run(
-                params, wait=wait, options=options, cancel_on_close=cancel_on_close
+                params,
+                wait=wait,
+                options=options,
+                cancel_on_close=cancel_on_close,
+                timeout=timeout,
             )
         )
 
@@ -421,13 +437,13 @@ class Inference:
         )  # fmt: skip
         return SyncBatch(self, batch)
 
-    def get_task(self, task_id: str) -> TaskUpdate:
+    def get_task(self, task_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> TaskUpdate:
         """The task's current state; see `AsyncInference.get_task`."""
-        return self._call(self._async.get_task, task_id)
+        return self._call(self._async.get_task, task_id, timeout=timeout)
 
-    def cancel_task(self, task_id: str) -> None:
+    def cancel_task(self, task_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
         """Ask the server to cancel the task; see `AsyncInference.cancel_task`."""
-        self._call(self._async.cancel_task, task_id)
+        self._call(self._async.cancel_task, task_id, timeout=timeout)
 
     def stream_task(
         self,
@@ -435,20 +451,29 @@ class Inference:
         options: StreamingOptions | None = None,
         *,
         cancel_on_close: bool = False,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> SyncStream[TaskUpdate]:
         """Attach to an existing task's stream; see `AsyncInference.stream_task`."""
-        stream = self._async.stream_task(task_id, options, cancel_on_close=cancel_on_close)
+        stream = self._async.stream_task(
+            task_id, options, cancel_on_close=cancel_on_close, timeout=timeout
+        )
         return SyncStream(self, stream)
 
-    def delete_task(self, task_id: str, *, files: bool = False) -> None:
+    def delete_task(
+        self, task_id: str, *, files: bool = False, timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> None:
         """Delete a task; with `files=True` also the files it used and made."""
-        self._call(self._async.delete_task, task_id, files=files)
+        self._call(self._async.delete_task, task_id, files=files, timeout=timeout)
 
     def task_files(
-        self, task_id: str, *, role: Literal["input", "output"] | None = None
+        self,
+        task_id: str,
+        *,
+        role: Literal["input", "output"] | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> list[File]:
         """The files a task used (`role="input"`) and made (`"output"`), or both."""
-        return self._call(self._async.task_files, task_id, role=role)
+        return self._call(self._async.task_files, task_id, role=role, timeout=timeout)
 
     def upload_file(
         self,
@@ -457,12 +482,14 @@ class Inference:
         filename: str | None = None,
         content_type: str | None = None,
         progress: ProgressCallback | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> File:
         """Upload a file and return it (see `AsyncInference.upload_file`); `progress` runs in
         this thread."""
         upload = functools.partial(
-            self._async.upload_file, source, filename=filename, content_type=content_type
-        )
+            self._async.upload_file, source, filename=filename, content_type=content_type,
+            timeout=timeout,
+        )  # fmt: skip
         return self._relay(upload, progress=progress)
 
     def download(
@@ -492,15 +519,17 @@ class Inference:
             self, self._async.session(app, idle_timeout=idle_timeout, keepalive=keepalive)
         )
 
-    def get_session(self, session_id: str) -> SessionInfo:
+    def get_session(self, session_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> SessionInfo:
         """A session as the server sees it (`SessionNotFoundError` if it knows none)."""
-        return self._call(self._async.get_session, session_id)
+        return self._call(self._async.get_session, session_id, timeout=timeout)
 
-    def list_sessions(self) -> list[SessionInfo]:
+    def list_sessions(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> list[SessionInfo]:
         """Your sessions, as the server lists them."""
-        return self._call(self._async.list_sessions)
+        return self._call(self._async.list_sessions, timeout=timeout)
 
-    def wait_for_completion(self, task_id: str, timeout: float | None = None) -> TaskUpdate:
+    def wait_for_completion(
+        self, task_id: str, timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> TaskUpdate:
         """Wait for the task to end; see `AsyncInference.wait_for_completion`."""
         return self._call(self._async.wait_for_completion, task_id, timeout)
 
@@ -524,9 +553,11 @@ class Agent:
         """The chat this agent talks in; set by the first message."""
         return self._async.chat_id
 
-    def stream(self, text: str, *, files: Sequence[Any] = ()) -> SyncStream[AgentEvent]:
+    def stream(
+        self, text: str, *, files: Sequence[Any] = (), timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> SyncStream[AgentEvent]:
         """Send `text` (with `files`) and iterate what happens; see `AsyncAgent.stream`."""
-        return SyncStream(self._client, self._async.stream(text, files=files))
+        return SyncStream(self._client, self._async.stream(text, files=files, timeout=timeout))
 
     def send_message(
         self,
@@ -535,22 +566,31 @@ class Agent:
         files: Sequence[Any] = (),
         on_message: MessageCallback | None = None,
         on_tool_call: ToolCallCallback | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> ChatMessage:
         """Send `text` (with `files`) and run the callbacks here as the answer streams; see
         `AsyncAgent`. Callbacks must be plain functions: an async one stops the run with
         `UsageError`."""
-        send = functools.partial(self._async.send_message, text, files=files)
+        send = functools.partial(self._async.send_message, text, files=files, timeout=timeout)
         return self._client._relay(send, on_message=on_message, on_tool_call=on_tool_call)
 
     def submit_tool_result(
-        self, call_id: str, result: Any, *, attachments: Sequence[Any] = ()
+        self,
+        call_id: str,
+        result: Any,
+        *,
+        attachments: Sequence[Any] = (),
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> None:
         """Answer a client tool call; see `AsyncAgent.submit_tool_result`."""
-        self._client._call(self._async.submit_tool_result, call_id, result, attachments=attachments)
+        self._client._call(
+            self._async.submit_tool_result, call_id, result, attachments=attachments,
+            timeout=timeout,
+        )  # fmt: skip
 
-    def stop(self) -> None:
+    def stop(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
         """Stop the agent's current run; see `AsyncAgent.stop`."""
-        self._client._call(self._async.stop)
+        self._client._call(self._async.stop, timeout=timeout)
 
 
 class SyncBatch(Iterator[TaskOutcome]):
@@ -637,6 +677,7 @@ class Session:
         function: str | None = None,
         stream: Literal[True],
         options: StreamingOptions | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> SyncStream[TaskUpdate]: ...
 
     @overload
@@ -647,6 +688,7 @@ class Session:
         function: str | None = None,
         stream: Literal[False] = False,
         options: StreamingOptions | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> TaskUpdate: ...
 
     def run(
@@ -656,28 +698,31 @@ class Session:
         function: str | None = None,
         stream: bool = False,
         options: StreamingOptions | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> SyncStream[TaskUpdate] | TaskUpdate:
         """Call the app in this session (see `AsyncSession.run`)."""
         if stream:
             return SyncStream(
                 self._client,
-                self._async.run(input, function=function, stream=True, options=options),
+                self._async.run(
+                    input, function=function, stream=True, options=options, timeout=timeout
+                ),
             )
         return self._client._call(
-            lambda: self._async.run(input, function=function, options=options)
+            lambda: self._async.run(input, function=function, options=options, timeout=timeout)
         )
 
-    def info(self) -> SessionInfo:
+    def info(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> SessionInfo:
         """The session as the server sees it now."""
-        return self._client._call(self._async.info)
+        return self._client._call(self._async.info, timeout=timeout)
 
-    def keepalive(self) -> SessionInfo:
+    def keepalive(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> SessionInfo:
         """Tell the server the session is still wanted (the block does this by itself)."""
-        return self._client._call(self._async.keepalive)
+        return self._client._call(self._async.keepalive, timeout=timeout)
 
-    def end(self) -> None:
+    def end(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
         """End the session (what leaving `with` does); idempotent."""
-        self._client._call(self._async.end)
+        self._client._call(self._async.end, timeout=timeout)
 
 
 class _CallbackInterrupted(InferenceshError):

@@ -1,24 +1,38 @@
-"""HTTP transport: owns the aiohttp session, the envelope, the retries of REST calls, and the
-mapping of foreign errors.
+"""HTTP transport: owns the aiohttp session, the envelope, the retries of REST calls, the
+HTTP configuration (proxies, default headers, User-Agent), and the mapping of foreign errors.
 
 This is the only client-side module that imports aiohttp. Every aiohttp or asyncio exception
 raised while talking to the server is mapped here, once, to the SDK's error tree, after the
 request headers (and with them the API key) are scrubbed from it.
+
+Proxies are chosen here, per request, not by aiohttp's `trust_env`: that would also read
+`~/.netrc`, whose `default` entry breaks every API call (aiohttp refuses an `Authorization`
+header beside netrc credentials) and sends Basic credentials to presigned storage URLs; and
+it ignores `ALL_PROXY`. The API key and the default headers are sent per request, never as
+session defaults, because aiohttp copies a session's default headers into the `CONNECT` it
+sends a proxy for an https:// URL: the proxy would get the key (as `Proxy-Authorization`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import ipaddress
 import json
 import logging
+import platform
+import re
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from ._defaults import USE_CLIENT_DEFAULT, Timeout, call_timeout
 from ._exceptions import (
     APIStatusError,
     ConnectError,
@@ -38,7 +52,14 @@ from ._streaming import StreamingOptions
 from ._version import __version__
 from ._wire import loads, preview
 
-__all__ = ["DEFAULT_BASE_URL", "StreamResponse", "Transport", "validate_api_key"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "USER_AGENT",
+    "StreamResponse",
+    "Transport",
+    "validate_api_key",
+    "validate_headers",
+]
 
 logger = logging.getLogger("inferencesh.transport")
 # What the server says alongside an answer (the envelope's `messages`), one record each.
@@ -47,7 +68,8 @@ server_logger = logging.getLogger("inferencesh.server")
 T = TypeVar("T")
 
 DEFAULT_BASE_URL = "https://api.inference.sh"
-USER_AGENT = f"inferencesh-py/{__version__}"
+USER_AGENT = f"inferencesh-py/{__version__} (python {platform.python_version()})"
+"""Sent with every request, presigned uploads and downloads included."""
 # An error answer is read up to this size: enough for any problem+json, never a whole stream.
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -65,6 +87,136 @@ def validate_api_key(key: str) -> str:
     if not (key.isascii() and key.isprintable()):
         raise UsageError("the API key contains control or non-ASCII characters")
     return key
+
+
+# RFC 9110 section 5.6.2: a header name is a token.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}")
+# Headers `default_headers` may not set, and why.
+_RESERVED_HEADERS = {
+    "authorization": "it carries the API key",
+    "proxy-authorization": "put proxy credentials in the proxy URL",
+    "host": "it is set from the URL",
+    "content-length": "it is set from the body",
+    "transfer-encoding": "it is set from the body",
+}
+
+
+def validate_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """`default_headers` as they will be sent. A header the SDK sets itself (`Authorization`,
+    `Host`, ...), a name that is not a token or a value with control or non-ASCII characters
+    raises `UsageError` (the message never shows a value)."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise UsageError(f"default_headers must be a mapping, got {type(headers).__name__}")
+    checked: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise UsageError(f"{name!r:.60} is not a valid header name")
+        reason = _RESERVED_HEADERS.get(name.lower())
+        if reason is not None:
+            raise UsageError(f"default_headers cannot set {name}: {reason}")
+        if not isinstance(value, str):
+            raise UsageError(f"the value of header {name} must be a string, not {type(value)}")
+        if not value.isascii() or any((c < " " and c != "\t") or c == "\x7f" for c in value):
+            raise UsageError(f"the value of header {name} contains control or non-ASCII characters")
+        if any(seen.lower() == name.lower() for seen in checked):
+            raise UsageError(f"default_headers names {name} twice")
+        checked[name] = value
+    return checked
+
+
+class Proxy(NamedTuple):
+    """A proxy: its URL without credentials, the `Proxy-Authorization` that carries them (if
+    any), and how it is shown in logs and messages (credentials replaced by `***`)."""
+
+    url: str
+    authorization: str | None
+    shown: str
+
+
+def parse_proxy(value: str, *, source: str) -> Proxy:
+    """A proxy URL (`http://[user:password@]host:port`; without a scheme, http:// is meant),
+    checked. `UsageError` names `source`, never the credentials."""
+    if not isinstance(value, str):
+        raise UsageError(f"{source} must be a URL string, got {type(value).__name__}")
+    value = value.strip()
+    if not value or not value.isascii() or not value.isprintable() or " " in value:
+        raise UsageError(f"{source} is not a proxy URL (empty, or control or non-ASCII characters)")
+    if "://" not in value:
+        value = "http://" + value  # as curl, requests and httpx read HOST:PORT
+    parts = urlsplit(value)
+    scheme = parts.scheme.lower()
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if scheme not in ("http", "https"):
+        raise UsageError(f"{source}: {scheme}:// proxies are not supported (only http and https)")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if not parts.hostname or port == -1:
+        raise UsageError(f"{source}: the proxy URL names no valid host and port")
+    authorization = None
+    if at:
+        user, _, password = userinfo.partition(":")
+        if ":" in unquote(user):
+            raise UsageError(f"{source}: a proxy user name cannot hold a colon")
+        # RFC 7617 Basic credentials, UTF-8 (the charset it names).
+        pair = f"{unquote(user)}:{unquote(password)}".encode()
+        authorization = "Basic " + base64.b64encode(pair).decode("ascii")
+    url = f"{scheme}://{hostport}"
+    return Proxy(url, authorization, f"{scheme}://***@{hostport}" if at else url)
+
+
+def _environment_proxies() -> tuple[dict[str, Proxy], str | None]:
+    """The proxies the environment names (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, upper or
+    lower case) by URL scheme ("all" for any), and `NO_PROXY`. One that cannot be used is
+    logged and left out, so a variable set for other tools does not stop the client."""
+    found = urllib.request.getproxies_environment()
+    proxies: dict[str, Proxy] = {}
+    for scheme in ("http", "https", "all"):
+        value = found.get(scheme)
+        if not value:
+            continue
+        try:
+            proxies[scheme] = parse_proxy(value, source=f"{scheme.upper()}_PROXY")
+        except UsageError as exc:
+            logger.warning("ignoring a proxy from the environment: %s", exc)
+    return proxies, found.get("no")
+
+
+def _bypassed(parts: SplitResult, no_proxy: str) -> bool:
+    """Whether `NO_PROXY` exempts the URL's host: `*`, or an entry that is the host, a domain
+    it is in (`example.com` and `.example.com` both cover `api.example.com`), the host with
+    its port (`host:8080`), or an IP network holding it (`10.0.0.0/8`), as curl reads it."""
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for entry in no_proxy.lower().split(","):
+        entry = entry.strip()
+        if entry == "*":
+            return True
+        name, _, entry_port = entry.rpartition(":") if _PORTED.fullmatch(entry) else (entry, "", "")
+        name = name.strip("[]").lstrip(".")
+        if not name or (entry_port and str(port) != entry_port):
+            continue
+        if host == name or host.endswith("." + name):
+            return True
+        if address is not None and "/" in name:
+            with contextlib.suppress(ValueError):
+                if address in ipaddress.ip_network(name, strict=False):
+                    return True
+    return False
+
+
+# A NO_PROXY entry ending in a port: `host:8080`, `[::1]:8080` (not a bare IPv6 address).
+_PORTED = re.compile(r"(?:\[[^\]]*\]|[^:\[\]]*):\d+")
 
 
 def _without_secrets(info: aiohttp.RequestInfo) -> aiohttp.RequestInfo:
@@ -110,6 +262,13 @@ def map_errors() -> Iterator[None]:
         yield
     except InferenceshError:
         raise
+    except aiohttp.ClientProxyConnectionError as exc:
+        raise ConnectError(f"could not connect to the proxy: {_describe(exc)}") from _scrub(exc)
+    except aiohttp.ClientHttpProxyError as exc:
+        # The proxy answered CONNECT (for an https:// URL) with an error: 407, 502, ...
+        raise ConnectError(
+            f"the proxy refused to connect to the server: {exc.status} {exc.message}"
+        ) from _scrub(exc)
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
         raise ConnectError(f"could not connect: {_describe(exc)}") from _scrub(exc)
     except aiohttp.SocketTimeoutError as exc:
@@ -171,6 +330,11 @@ class Transport:
     The session is closed by `aclose()`, and otherwise when the loop that created it shuts its
     async generators down (as `asyncio.run` does), so a client that is never closed leaves no
     "Unclosed client session" warning behind and needs no `__del__`.
+
+    Every request goes through `proxy` when one is given; otherwise, with `trust_env`, through
+    the proxy the environment names for its URL's scheme (read once, here), unless `NO_PROXY`
+    exempts its host. API requests carry the key and `default_headers`; presigned upload and
+    download URLs carry neither, only the `User-Agent` (and what storage expects).
     """
 
     def __init__(
@@ -183,10 +347,28 @@ class Transport:
         max_connections: int | None,
         max_body_bytes: int,
         on_messages: Callable[[list[Any]], Any] | None = None,
+        proxy: str | None = None,
+        trust_env: bool = True,
+        default_headers: Mapping[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._on_messages = on_messages
-        self._api_key = validate_api_key(api_key)
+        headers = validate_headers(default_headers)
+        headers["Authorization"] = f"Bearer {validate_api_key(api_key)}"
+        for name in [name for name in headers if name.lower() == "user-agent"]:
+            # The caller's product first, then the SDK's (RFC 9110 section 10.1.5).
+            headers["User-Agent"] = f"{headers.pop(name)} {USER_AGENT}"
+        self._api_headers = headers
+        self._api_json_headers = {**headers, **_JSON_HEADERS}
+        self._proxy = None if proxy is None else parse_proxy(proxy, source="proxy")
+        self._env_proxies: dict[str, Proxy] = {}
+        self._no_proxy: str | None = None
+        if self._proxy is not None:
+            logger.debug("every request goes through the proxy %s", self._proxy.shown)
+        elif trust_env:
+            self._env_proxies, self._no_proxy = _environment_proxies()
+            for scheme, found in self._env_proxies.items():
+                logger.debug("proxy for %s URLs from the environment: %s", scheme, found.shown)
         self._timeout = timeout
         self._retry = retry
         self._max_connections = max_connections
@@ -211,13 +393,41 @@ class Transport:
         return self._timeout
 
     async def session(self) -> aiohttp.ClientSession:
-        """The client's session for API calls (it sends the key), created on first use."""
+        """The client's session for API calls, created on first use. The key and the default
+        headers are sent per request (`_api_headers`), never as the session's defaults."""
         return await self._session_for(0)
 
     async def keyless_session(self) -> aiohttp.ClientSession:
-        """A session that never sends the API key: for presigned upload URLs and file
-        downloads, which may be on another host."""
+        """The session for presigned upload URLs and file downloads, which may be on another
+        host: it never sends the API key or the default headers, and never decompresses."""
         return await self._session_for(1)
+
+    def _proxy_for(self, url: str) -> Proxy | None:
+        if self._proxy is not None:
+            return self._proxy
+        if not self._env_proxies:
+            return None
+        parts = urlsplit(url)
+        proxy = self._env_proxies.get(parts.scheme) or self._env_proxies.get("all")
+        if proxy is None or (self._no_proxy is not None and _bypassed(parts, self._no_proxy)):
+            return None
+        return proxy
+
+    def _route(self, url: str, headers: Mapping[str, str] | None) -> dict[str, Any]:
+        """The keyword arguments that send a request to `url` with `headers`, through the
+        proxy it is to go through, if any."""
+        proxy = self._proxy_for(url)
+        if proxy is None:
+            return {"headers": headers}
+        route: dict[str, Any] = {"headers": headers, "proxy": proxy.url}
+        if proxy.authorization is not None:
+            credentials = {"Proxy-Authorization": proxy.authorization}
+            # An https:// URL is tunnelled: the credentials go with the CONNECT only. A plain
+            # http:// request is sent to the proxy itself, so they go with the request.
+            route["proxy_headers"] = credentials
+            if not url.startswith("https:"):
+                route["headers"] = {**(headers or {}), **credentials}
+        return route
 
     async def _session_for(self, index: int) -> aiohttp.ClientSession:
         if self._closed:
@@ -240,12 +450,11 @@ class Transport:
         connector = aiohttp.TCPConnector(
             limit=self._max_connections or 0, limit_per_host=0, enable_cleanup_closed=False
         )
-        headers = {"User-Agent": USER_AGENT}
-        if with_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
+        # The only default header: aiohttp sends a session's defaults to a proxy, with CONNECT.
+        # No `trust_env`: proxies are chosen by `_route` (see the module's docstring).
         session = aiohttp.ClientSession(
             connector=connector,
-            headers=headers,
+            headers={"User-Agent": USER_AGENT},
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=with_key,  # a file is saved as its bytes were sent
         )
@@ -283,17 +492,20 @@ class Transport:
         *,
         json_body: Any = None,
         idempotent: bool | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> Any:
         """Send one API request and return the envelope's `data` (or the bare body).
 
         A failure is retried as `RetryPolicy` says, but only where repeating the request is
-        safe (`_may_retry`); `idempotent` defaults to True for GET and DELETE. The client's
-        `timeout` bounds the whole call, waits between attempts included.
+        safe (`_may_retry`); `idempotent` defaults to True for GET and DELETE. `timeout` (the
+        client's unless given; None for no limit) bounds the whole call, waits between
+        attempts included.
         """
+        seconds = call_timeout(timeout, self._timeout)
         if idempotent is None:
             idempotent = method in ("GET", "HEAD", "DELETE")
         body = None if json_body is None else _encode(json_body)
-        deadline = asyncio.timeout(self._timeout)
+        deadline = asyncio.timeout(seconds)
         try:
             async with deadline:
                 return await self.retrying(
@@ -306,7 +518,7 @@ class Transport:
             if not deadline.expired():
                 raise
             raise RequestTimeoutError(
-                f"{method} {path} got no complete answer within {self._timeout} seconds"
+                f"{method} {path} got no complete answer within {seconds} seconds"
             ) from exc
 
     async def retrying(
@@ -344,11 +556,10 @@ class Transport:
     async def _send(self, method: str, path: str, body: bytes | None) -> Any:
         session = await self.session()
         started = time.monotonic()
-        headers = None if body is None else _JSON_HEADERS
+        url = self.base_url + path
+        headers = self._api_headers if body is None else self._api_json_headers
         with map_errors():
-            async with session.request(
-                method, self.base_url + path, data=body, headers=headers
-            ) as resp:
+            async with session.request(method, url, data=body, **self._route(url, headers)) as resp:
                 if resp.status >= 400:
                     body = await resp.content.read(_MAX_ERROR_BODY)
                     raise _status_error(resp, body)
@@ -377,11 +588,13 @@ class Transport:
         `HeadersTimeoutError` when no response headers arrive within `headers_timeout`."""
         session = await (self.keyless_session() if keyless_url else self.session())
         url = path if keyless_url else self.base_url + path
+        if not keyless_url:
+            headers = {**self._api_headers, **headers}
         timeout = aiohttp.ClientTimeout(
             total=None, connect=options.connect_timeout, sock_connect=options.connect_timeout
         )
         with map_errors():
-            ctx = session.get(url, headers=headers, timeout=timeout)
+            ctx = session.get(url, timeout=timeout, **self._route(url, headers))
             waiting = asyncio.timeout(options.headers_timeout)
             try:
                 async with waiting:
@@ -440,7 +653,7 @@ class Transport:
             with map_errors():
                 async with (
                     watchdog,
-                    session.put(url, data=watched(), headers=headers) as resp,
+                    session.put(url, data=watched(), **self._route(url, headers)) as resp,
                 ):
                     answer = await resp.content.read(_MAX_ERROR_BODY)
                     if resp.status >= 400:

@@ -329,3 +329,15 @@ def official(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pytest.skip(f"the package index is unreachable: {install.stderr.strip()[-300:]}")
         pytest.fail(f"installing {OFFICIAL} failed:\n{install.stderr[-3000:]}")
     return target
+
+
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests talk to loopback servers: a proxy set in the developer's shell must not carry
+    them (the tests of proxies set the variables themselves)."""
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)

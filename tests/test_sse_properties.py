@@ -274,11 +274,24 @@ def test_any_chunking_matches_reference_and_is_timely(stream: bytes, data: st.Da
 
 
 def _first_overlong_line(stream: bytes, limit: int) -> tuple[int, int] | None:
-    """(start offset, offset of the byte that passes `limit`) of the first overlong line."""
+    """(start offset of the line, offset of the byte that passes `limit`) of the first line
+    longer than `limit`, or of the first data line that makes its event's data (lines
+    joined by LF) longer than `limit`: that one passes the bound at its terminator."""
     start = len(_BOM) if stream.startswith(_BOM) else 0
+    data_len = -1  # the event's data so far, joined: -1 when it has no data line yet
     for match in _BYTES_LINE_END.finditer(stream, start):
-        if match.start() - start > limit:
+        line = stream[start : match.start()]
+        if len(line) > limit:
             return start, start + limit
+        if not line:
+            data_len = -1  # a blank line ends the event
+        elif line.startswith(b"data"):
+            name, _, value = line.partition(b":")
+            if name == b"data":
+                value = value[1:] if value.startswith(b" ") else value
+                data_len += len(value) + 1
+                if data_len > limit:
+                    return start, match.start()
         start = match.end()
     if len(stream) - start > limit:  # the unterminated last line counts too
         return start, start + limit
