@@ -401,7 +401,8 @@ async def _serve_until_signalled(emulator: Emulator, host: str, port: int) -> No
             loop.remove_signal_handler(sig)
 
 
-# -- run and agent (their work is in inferencesh._cli_run, imported when they run) -----------------
+# -- run, batch and agent (their work is in inferencesh._cli_run and _cli_batch, imported when they
+# run) -------------------------------------------------------------------------------------------
 
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
@@ -468,8 +469,68 @@ def _agent(args: argparse.Namespace) -> int:
     return agent_command(args)
 
 
+def _add_batch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "batch",
+        help="run an app once per line of a JSONL file, resumably",
+        description=(
+            "Run APP once per JSON object of INPUTS.jsonl (the app input; blank lines skipped), "
+            "a few at a time, and append one JSON line per finished task to the results file. "
+            "A journal records each input's progress: after a crash, kill or Ctrl-C, run the "
+            "same command again to go on where it stopped (finished inputs are skipped, started "
+            "tasks re-attached). A live display on a terminal (needs the cli extra), the result "
+            "lines in a pipe or with --json. Exit codes: 0 every input completed, 1 any did "
+            "not, 2 usage error, 130 interrupted."
+        ),
+    )
+    parser.add_argument("app", metavar="APP", help="the app, e.g. infsh/flux-schnell")
+    parser.add_argument(
+        "inputs", metavar="INPUTS.jsonl", help="one JSON object (an app input) per line"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_int_at_least(1),
+        default=8,
+        metavar="N",
+        help="tasks running at once (default %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="PATH",
+        help="the results file, one JSON line per finished task, appended to "
+        "(default: INPUTS.results.jsonl beside the inputs)",
+    )
+    parser.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="the journal that makes a rerun resume (default: <out>.journal.sqlite3)",
+    )
+    parser.add_argument(
+        "--download",
+        metavar="DIR",
+        help="save each completed task's output files in DIR/<index>/",
+    )
+    _add_target(parser)
+    parser.add_argument(
+        "--json", action="store_true", help="print the result lines, even on a terminal"
+    )
+    parser.add_argument(
+        "--no-cancel",
+        action="store_true",
+        help="on Ctrl-C, leave the started tasks running (a rerun re-attaches to them)",
+    )
+    parser.set_defaults(handler=_batch, parser=parser)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from ._cli_batch import batch_command
+
+    return batch_command(args)
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_serve,
     _add_run,
+    _add_batch,
     _add_agent,
 ]

@@ -13,16 +13,17 @@ print(last.output if last else None)
 status, a progress bar with rate and ETA once the task reports progress, its log lines
 scrolling above the bar and its latest partial output below it; they return the last update.
 On a console that is not a terminal they print plain lines instead (one per status change,
-log line and progress step). The display uses rich, the optional `cli` extra
-(`pip install 'inferencesh[cli]'`); it is imported only when a display starts, so importing
-this module never needs it.
+log line and progress step). `BatchDisplay` draws a whole batch (`client.run_many`): one bar,
+the count of tasks in each status, the rate, the ETA and the last failures. The display uses
+rich, the optional `cli` extra (`pip install 'inferencesh[cli]'`); it is imported only when a
+display starts, so importing this module never needs it.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
@@ -36,7 +37,9 @@ if TYPE_CHECKING:
     from rich.progress import Progress as RichProgress
     from rich.progress import TaskID
 
-__all__ = ["atrack", "track"]
+    from ._batch import BatchProgress
+
+__all__ = ["BatchDisplay", "atrack", "track"]
 
 INSTALL_HINT = "pip install 'inferencesh[cli]'"
 """The command that installs what the live display needs."""
@@ -359,3 +362,179 @@ class LiveDisplay:
         # Drawn by the live display's own refresh (10 per second), not once per update: a
         # chatty task must not pay for a redraw per line.
         self._bar.update(self._row, **fields)
+
+
+# -- a batch of tasks ------------------------------------------------------------------------------
+
+# How each status is drawn in a batch's counts; the statuses of tasks still going are cyan.
+_COUNT_STYLES = {
+    "completed": "green",
+    "failed": "red",
+    "rejected": "red",
+    "error": "red",
+    "cancelled": "yellow",
+}
+# The order of the counts: how tasks ended first, then the live statuses in flow order.
+_COUNT_ORDER = {
+    name: position
+    for position, name in enumerate(
+        ["completed", "failed", "rejected", "cancelled", "error", "starting"]
+        + [status.value for status in TaskStatus if not status.is_terminal]
+    )
+}
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds + 0.5), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+class BatchDisplay:
+    """A live view of a batch of tasks (`client.run_many`): one bar for the whole batch, how
+    many tasks are in each status, the rate, the ETA and the last failures.
+
+    ```python
+    with BatchDisplay() as display:
+        async for outcome in batch:
+            display.show(batch.progress)
+    ```
+
+    `show` only keeps the tally it is given; the display redraws itself ten times a second,
+    so call it as often as convenient (from the thread that owns the batch). `earlier` counts
+    tasks that ended before this batch started, by status (a resumed run): they are part of
+    the bar and of the counts. With `transient=True` the display is removed at the end.
+    Raises `UsageError` when rich is not installed.
+    """
+
+    def __init__(
+        self,
+        console: Console | None = None,
+        *,
+        earlier: Mapping[str, int] | None = None,
+        transient: bool = False,
+    ) -> None:
+        require_rich()
+        from rich.console import Console
+        from rich.live import Live
+        from rich.spinner import Spinner
+
+        self._console = console if console is not None else Console()
+        self._earlier = {name: count for name, count in (earlier or {}).items() if count}
+        self._before = sum(self._earlier.values())
+        self._progress: BatchProgress | None = None
+        self._ended = False
+        self._spinner = Spinner("dots", style="progress.spinner")
+        self._live: Live = Live(
+            _BatchView(self), console=self._console, transient=transient, refresh_per_second=10
+        )
+
+    def __enter__(self) -> Self:
+        self._live.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._ended = True
+        self._live.stop()  # draws the last frame (the outcome mark and the time taken)
+
+    def show(self, progress: BatchProgress) -> None:
+        """Keep the batch's latest tally (drawn at the next refresh)."""
+        self._progress = progress
+
+    def refresh(self) -> None:
+        """Redraw now."""
+        self._live.refresh()
+
+    # -- drawing (on rich's refresh thread, from the last tally kept) ----------------------------
+
+    def _lines(self) -> list[RenderableType]:
+        """The bar row, the counts by status, then the last failures."""
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        progress = self._progress
+        finished = self._before + (progress.finished if progress is not None else 0)
+        total = None
+        if progress is not None and progress.total is not None:
+            total = self._before + progress.total
+        row = Table.grid(padding=(0, 1))
+        cells: list[RenderableType] = []
+        failed = self._failed()
+        if self._ended:
+            mark, style = ("✗", "red") if failed else ("✓", "green")
+            cells.append(Text(mark, style=style))
+        else:
+            cells.append(self._spinner)
+        cells.append(Text("batch", style="bold"))
+        cells.append(ProgressBar(total=total or None, completed=finished, width=32))
+        if total:
+            cells.append(Text(f"{100 * finished / total:3.0f}%", style="progress.percentage"))
+            cells.append(Text(f"{finished}/{total}", style="progress.download"))
+        else:
+            cells.append(Text(f"{finished} done", style="progress.download"))
+        if progress is not None:
+            cells.append(Text(f"{progress.rate:.2f} tasks/s", style="progress.data.speed"))
+            if self._ended:
+                cells.append(Text(f"in {_clock(progress.elapsed)}", style="progress.elapsed"))
+            elif progress.eta is not None:
+                cells.append(Text(f"eta {_clock(progress.eta)}", style="progress.remaining"))
+        for _ in cells:
+            row.add_column(no_wrap=True)
+        row.add_row(*cells)
+        lines: list[RenderableType] = [row, self._counts()]
+        recent = progress.recent_failures if progress is not None else ()
+        if recent:
+            lines.append(Text("  last failures:", style="dim"))
+            for index, message in recent:
+                line = Text(f"    ✗ input {index}: ", style="red")
+                line.append(compact_json(message, 500), style="dim")
+                line.no_wrap = True
+                line.overflow = "ellipsis"
+                lines.append(line)
+        return lines
+
+    def _failed(self) -> int:
+        counts = self._counts_by_status()
+        return sum(count for name, count in counts.items() if name in _COUNT_STYLES
+                   and name != "completed")  # fmt: skip
+
+    def _counts_by_status(self) -> dict[str, int]:
+        counts = dict(self._earlier)
+        if self._progress is not None:
+            for name, count in self._progress.by_status.items():
+                counts[name] = counts.get(name, 0) + count
+        return counts
+
+    def _counts(self) -> RenderableType:
+        from rich.text import Text
+
+        counts = self._counts_by_status()
+        line = Text("  ")
+        ordered = sorted(counts, key=lambda name: (_COUNT_ORDER.get(name, len(_COUNT_ORDER)), name))
+        for position, name in enumerate(ordered):
+            if position:
+                line.append(" · ", style="dim")
+            line.append(f"{name} {counts[name]}", style=_COUNT_STYLES.get(name, "cyan"))
+        if not ordered:
+            line.append("starting", style="dim")
+        line.no_wrap = True
+        line.overflow = "ellipsis"
+        return line
+
+
+class _BatchView:
+    """What the batch display's `Live` renders: the display's lines, built at each refresh."""
+
+    def __init__(self, display: BatchDisplay) -> None:
+        self._display = display
+
+    def __rich_console__(
+        self, console: Console, options: ConsoleOptions
+    ) -> Iterator[RenderableType]:
+        yield from self._display._lines()

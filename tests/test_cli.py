@@ -8,24 +8,19 @@ deadline; `inferencesh.progress` is also driven directly with a rich Console on 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
-import os
 import re
-import select
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import FLOW, fast_emulator
+from support import FLOW, child, fast_emulator, plain
 
 from inferencesh import Progress, TaskStatus, TaskUpdate, UsageError, async_inference, inference
 from inferencesh.cli import main
@@ -34,13 +29,7 @@ from inferencesh.progress import LiveDisplay, atrack, track
 
 APP = "infsh/flux-schnell"
 AGENT = "my-org/assistant@latest"
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 HINT = "pip install 'inferencesh[cli]'"
-
-
-def plain(text: str) -> str:
-    """Terminal output without colours and cursor movements."""
-    return ANSI.sub("", text)
 
 
 def collapse(items: list[str]) -> list[str]:
@@ -52,92 +41,6 @@ def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, 
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-# -- child processes, read with a deadline --------------------------------------------------
-
-
-def _restore_sigint() -> None:
-    # A child started from a shell's background job inherits SIGINT ignored; Python then never
-    # raises KeyboardInterrupt. Give the child the default, as an interactive shell would.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-class Child:
-    """`python -m inferencesh ...` with stdout+stderr on a pseudo-terminal or a pipe."""
-
-    def __init__(self, *args: str, tty: bool, env: dict[str, str] | None = None) -> None:
-        settings = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
-        settings.pop("NO_COLOR", None)
-        settings.update(env or {})
-        if tty:
-            self._fd, child_fd = os.openpty()
-        else:
-            self._fd, child_fd = os.pipe()
-        needs_restore = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "inferencesh", *args],
-                stdin=subprocess.DEVNULL,
-                stdout=child_fd,
-                stderr=child_fd,
-                env=settings,
-                preexec_fn=_restore_sigint if needs_restore else None,
-            )
-        finally:
-            os.close(child_fd)
-        self.raw = b""
-
-    @property
-    def text(self) -> str:
-        return plain(self.raw.decode("utf-8", "replace"))
-
-    def _read(self, deadline: float) -> bool:
-        """Read what is available before `deadline`; False at end of output."""
-        ready, _, _ = select.select([self._fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            return True
-        try:
-            chunk = os.read(self._fd, 65536)
-        except OSError:  # EIO: the pseudo-terminal's other side closed
-            return False
-        self.raw += chunk
-        return bool(chunk)
-
-    def read_until(self, predicate: Callable[[str], bool], timeout: float = 30.0) -> str:
-        """Read until `predicate(text so far)` holds; fail with the output on timeout."""
-        deadline = time.monotonic() + timeout
-        while not predicate(self.text):
-            if time.monotonic() >= deadline or not self._read(deadline):
-                pytest.fail(f"condition not met; output so far:\n{self.text[-3000:]}")
-        return self.text
-
-    def finish(self, timeout: float = 30.0) -> tuple[int, str]:
-        """Read to the end of the output and wait for the exit code."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._read(deadline):
-            pass
-        try:
-            code = self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the CLI did not exit; output so far:\n{self.text[-3000:]}")
-        return code, self.text
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
-
-
-@contextlib.contextmanager
-def child(*args: str, tty: bool, env: dict[str, str] | None = None) -> Iterator[Child]:
-    process = Child(*args, tty=tty, env=env)
-    try:
-        yield process
-    finally:
-        process.close()
 
 
 # -- run --local --json ----------------------------------------------------------------------

@@ -120,7 +120,7 @@ def _subparser(name: str) -> argparse.ArgumentParser:
     raise AssertionError("no subcommands")
 
 
-@pytest.mark.parametrize("command", ["serve", "run", "agent"])
+@pytest.mark.parametrize("command", ["serve", "run", "batch", "agent"])
 def test_every_cli_flag_is_documented(command: str) -> None:
     text = README.read_text(encoding="utf-8")
     flags = [
@@ -223,6 +223,7 @@ def test_shell_line_runs(command: str, server: str, tmp_path: Path) -> None:
         return
     (tmp_path / "myapps.py").write_text(MYAPPS, encoding="utf-8")
     (tmp_path / "input.json").write_text('{"prompt": "from a file"}', encoding="utf-8")
+    (tmp_path / "inputs.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"}\n', encoding="utf-8")
     if " serve " in f"{command} ":
         _serve_and_use(command, env, tmp_path)
         return
