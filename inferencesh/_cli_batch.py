@@ -62,6 +62,7 @@ from ._cli_run import (
     _target,
     _Usage,
     _usage,
+    parse_object,
 )
 from ._events import TaskUpdate
 from ._exceptions import InferenceshError, NotFoundError, UsageError
@@ -112,18 +113,6 @@ def default_results(inputs: Path) -> Path:
 def default_journal(results: Path) -> Path:
     """The journal beside the results file: `<results>.journal.sqlite3`."""
     return results.with_name(f"{results.name}.journal.sqlite3")
-
-
-def _json_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else type(value).__name__
 
 
 # -- the inputs ---------------------------------------------------------------------------------
@@ -179,13 +168,7 @@ def _parse_input(path: Path, number: int | None, raw: bytes) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _Usage(f"{where} is not UTF-8 text: {exc}") from None
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise _Usage(f"{where} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise _Usage(f"{where} must be a JSON object (the app input), got {_json_kind(value)}")
-    return value
+    return parse_object(text, where)
 
 
 # -- the results file ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from ._events import TaskUpdate
 from ._exceptions import InferenceshError, UsageError
 from ._files import TransferProgress
 from ._status import TaskStatus
+from ._wire import json_kind
 from .progress import INSTALL_HINT, PlainDisplay, require_rich
 
 if TYPE_CHECKING:
@@ -75,12 +76,17 @@ def read_input(value: str | None) -> dict[str, Any]:
             raise _Usage(f"cannot read {source}: {exc.strerror or exc}") from None
         except UnicodeDecodeError as exc:
             raise _Usage(f"{source} is not UTF-8 text: {exc}") from None
+    return parse_object(text, source)
+
+
+def parse_object(text: str, source: str) -> dict[str, Any]:
+    """An app input given as JSON text: a JSON object, or `_Usage` naming `source`."""
     try:
         data = json.loads(text)
     except ValueError as exc:
         raise _Usage(f"{source} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise _Usage(f"{source} must be a JSON object, got {type(data).__name__}")
+        raise _Usage(f"{source} must be a JSON object (the app input), got {json_kind(data)}")
     return data
 
 

@@ -169,3 +169,20 @@ def is_blank(data: Buffer) -> bool:
     if isinstance(data, memoryview):
         return bytes(data[:1]).isspace() and bytes(data).isspace()
     return data.isspace()
+
+
+def json_kind(value: Any) -> str:
+    """What kind of JSON value `value` is, for messages ("an object", "a number", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

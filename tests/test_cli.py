@@ -151,7 +151,7 @@ def test_api_errors_exit_1_without_traceback(
     ("args", "message"),
     [
         (["--input", "{bad"], "--input is not valid JSON"),
-        (["--input", "[1, 2]"], "--input must be a JSON object, got list"),
+        (["--input", "[1, 2]"], "--input must be a JSON object (the app input), got an array"),
         (["--input", "@/nonexistent/input.json"], "cannot read --input file"),
         (["--local", "--base-url", "http://127.0.0.1:1"], "cannot be combined"),
         ([], "no API key"),

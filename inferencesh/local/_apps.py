@@ -15,6 +15,7 @@ from typing import Any, Protocol, cast
 import attrs
 
 from .._status import TaskStatus
+from .._wire import json_kind
 from ._options import AppFunction
 
 __all__ = [
@@ -64,29 +65,13 @@ def parse_app_ref(value: Any, *, field: str = "app") -> AppRef:
     if value is None:
         raise InvalidField(field, "is required")
     if not isinstance(value, str):
-        raise InvalidField(field, f"must be a string, got {_json_type(value)}")
+        raise InvalidField(field, f"must be a string, got {json_kind(value)}")
     match = _APP_REF.fullmatch(value)
     if match is None:
         raise InvalidField(
             field, f"{value[:100]!r} is not an app reference (namespace/name[@version][:function])"
         )
     return AppRef(match["namespace"], match["name"], match["version"], match["function"])
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 class _StepSink(Protocol):
@@ -211,7 +196,7 @@ def parse_sim(value: Any, *, steps: int, step_delay: float) -> SimSettings:
     if value is None:
         return SimSettings(steps=steps, step_delay=step_delay)
     if not isinstance(value, dict):
-        raise InvalidField("input.sim", f"must be an object, got {_json_type(value)}")
+        raise InvalidField("input.sim", f"must be an object, got {json_kind(value)}")
     known = {"steps", "step_delay", "fail", "log_bytes", "hold", "hold_at", "require"}
     unknown = sorted(set(value) - known)
     if unknown:
@@ -231,7 +216,7 @@ def parse_sim(value: Any, *, steps: int, step_delay: float) -> SimSettings:
         log_bytes = _int_field(log_bytes, "input.sim.log_bytes", maximum=MAX_SIM_LOG_BYTES)
     hold = value.get("hold", False)
     if not isinstance(hold, bool):
-        raise InvalidField("input.sim.hold", f"must be a boolean, got {_json_type(hold)}")
+        raise InvalidField("input.sim.hold", f"must be a boolean, got {json_kind(hold)}")
     hold_at = None
     if value.get("hold_at") is not None:
         hold_at = TaskStatus.parse(value["hold_at"])
