@@ -11,12 +11,15 @@ import argparse
 import asyncio
 import contextlib
 import math
+import platform
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
+
+from ._version import __version__
 
 if TYPE_CHECKING:
     from .local import Emulator
@@ -42,6 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inferencesh", description="Run AI apps on inference.sh and watch them live."
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"inferencesh {__version__} (Python {platform.python_version()})",
+        help="print the SDK's version and exit",
     )
     commands = parser.add_subparsers(title="commands", metavar="<command>")
     for add in _COMMANDS:

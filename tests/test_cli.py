@@ -502,3 +502,13 @@ def test_run_download_under_a_pseudo_terminal_shows_a_bar(tmp_path: Path) -> Non
     assert saved.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert re.search(r"image\.png.*━+", text), text[-2000:]
     assert "Traceback" not in text
+
+
+def test_version_names_the_sdk_and_python(capsys: pytest.CaptureFixture[str]) -> None:
+    import platform
+
+    import inferencesh
+
+    code, out, err = run_main(capsys, "--version")
+    assert 0 == code, err
+    assert f"inferencesh {inferencesh.__version__} (Python {platform.python_version()})\n" == out

@@ -92,3 +92,11 @@ def test_star_import_gives_all() -> None:
 def test_py_typed_marker_exists() -> None:
     """The package ships the PEP 561 `py.typed` marker."""
     assert (resources.files("inferencesh") / "py.typed").is_file()
+
+
+def test_the_version_sorts_above_the_official_clients() -> None:
+    """`pip install -U inferencesh` must never swap this SDK for the official 0.x client."""
+    from packaging.version import Version
+
+    assert Version(inferencesh.__version__) >= Version("1.0.0.dev0")
+    assert Version(inferencesh.__version__) > Version("0.36.0")
