@@ -238,7 +238,7 @@ class _Results:
     def _parse(self, number: int, raw: bytes, count: int) -> tuple[int, _Written]:
         try:
             line = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             line = None
         index = line.get("index") if isinstance(line, dict) else None
         if (

@@ -83,7 +83,7 @@ def parse_object(text: str, source: str) -> dict[str, Any]:
     """An app input given as JSON text: a JSON object, or `_Usage` naming `source`."""
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # too deep: the stack, not the syntax
         raise _Usage(f"{source} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise _Usage(f"{source} must be a JSON object (the app input), got {json_kind(data)}")

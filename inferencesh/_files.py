@@ -494,8 +494,10 @@ async def download(
                 f"{file.uri} gave {state.done} bytes, not the {state.total} announced"
             )
         os.replace(partial, target)
+    except OSError as exc:  # the local side: a folder where the file goes, a full disk, ...
+        raise UsageError(f"cannot save to {str(target)!r}: {exc.strerror or exc}") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
             partial.unlink()
     return target
 

@@ -512,3 +512,19 @@ def test_version_names_the_sdk_and_python(capsys: pytest.CaptureFixture[str]) ->
     code, out, err = run_main(capsys, "--version")
     assert 0 == code, err
     assert f"inferencesh {inferencesh.__version__} (Python {platform.python_version()})\n" == out
+
+
+@pytest.mark.parametrize("where", ["inline", "file"])
+def test_deeply_nested_input_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, where: str
+) -> None:
+    """JSON nested past the interpreter's stack is a usage error (exit 2), not a traceback."""
+    deep = "[" * 100_000
+    value = deep
+    if where == "file":
+        (tmp_path / "deep.json").write_text(deep, encoding="utf-8")
+        value = f"@{tmp_path / 'deep.json'}"
+    code, _, err = run_main(capsys, "run", APP, "--local", "--input", value)
+    assert 2 == code
+    assert "is not valid JSON" in err
+    assert "Traceback" not in err

@@ -366,3 +366,14 @@ def test_blocking_transfers_report_progress_in_the_callers_thread(tmp_path: Path
         saved = client.download(file, tmp_path / "out.bin", progress=progress)
     assert saved.read_bytes() == source.read_bytes()
     assert threads == {threading.get_ident()}
+
+
+async def test_a_destination_that_cannot_be_written_is_a_usage_error(tmp_path: Path) -> None:
+    """A folder where the file should go: a typed error, not a raw OSError."""
+    async with (
+        blob_server(cut_first=False) as (url, _),
+        async_inference(api_key="k", streaming_options=FAST) as client,
+    ):
+        (tmp_path / "taken").mkdir()
+        with pytest.raises(UsageError, match="cannot save to"):
+            await client.download(File(uri=url, filename="taken"), tmp_path)

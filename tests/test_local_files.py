@@ -737,3 +737,49 @@ def test_the_official_client_uploads_and_runs_with_files(official: Path, tmp_pat
         "files ['input', 'output']",
         "deleted 404",
     ]
+
+
+async def test_an_upload_cut_off_mid_body_is_one_rejected_line() -> None:
+    """A client hanging up in the middle of a PUT: one INFO line, no 500, no traceback."""
+    import logging
+
+    from inferencesh.local import serve
+
+    records: list[logging.LogRecord] = []
+    logged = asyncio.Event()
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+            logged.set()
+
+    handler = Catch(level=logging.INFO)
+    logger = logging.getLogger("inferencesh.local")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        async with serve() as url, aiohttp.ClientSession() as session:
+            spec = {"filename": "a.bin", "content_type": "application/octet-stream", "size": 10**5}
+            async with session.post(
+                f"{url}/files", json={"files": [spec]}, headers={"Authorization": "Bearer k"}
+            ) as resp:
+                upload_url = (await resp.json())["data"][0]["upload_url"]
+            host, port = url.removeprefix("http://").split(":")
+            _, writer = await asyncio.open_connection(host, int(port))
+            path = upload_url.split(f":{port}", 1)[1]
+            writer.write(
+                f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".encode()
+            )
+            writer.write(b"x" * 1000)
+            await writer.drain()
+            writer.transport.abort()
+            await asyncio.wait_for(logged.wait(), 10)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert [r.levelname for r in records] == ["INFO"]
+    assert (
+        "400 field 'body': the connection closed before the body arrived" in records[0].getMessage()
+    )
+    assert records[0].exc_info is None

@@ -4,11 +4,9 @@ and a task's files (`GET`/`DELETE /tasks/{id}/files`, `DELETE /tasks/{id}`)."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
@@ -23,7 +21,7 @@ from ._files import (
     current_base_url,
     parse_file_specs,
 )
-from ._http import EMULATOR, _json_object, problem, task_or_404
+from ._http import EMULATOR, _envelope, _json_object, task_or_404
 from ._tasks import Task
 
 __all__ = ["base_url", "install_files"]
@@ -57,13 +55,13 @@ def install_files(app: web.Application) -> None:
     """Add the files routes, and the middleware that names files under each request's base."""
     app.middlewares.append(_remember_base)
     router = app.router
-    router.add_post("/files", _answer(_create_files))
-    router.add_get("/files/{file_id}", _answer(_get_file), allow_head=False)
-    router.add_put("/uploads/{file_id}/{token}", _answer(_upload), name=UPLOAD_ROUTE)
-    router.add_get("/blobs/{file_id}/{token}/{name:.*}", _answer(_blob), name=BLOB_ROUTE)
-    router.add_get("/tasks/{task_id}/files", _answer(_list_task_files), allow_head=False)
-    router.add_delete("/tasks/{task_id}/files", _answer(_delete_task_files))
-    router.add_delete("/tasks/{task_id}", _answer(_delete_task))
+    router.add_post("/files", _create_files)
+    router.add_get("/files/{file_id}", _get_file, allow_head=False)
+    router.add_put("/uploads/{file_id}/{token}", _upload, name=UPLOAD_ROUTE)
+    router.add_get("/blobs/{file_id}/{token}/{name:.*}", _blob, name=BLOB_ROUTE)
+    router.add_get("/tasks/{task_id}/files", _list_task_files, allow_head=False)
+    router.add_delete("/tasks/{task_id}/files", _delete_task_files)
+    router.add_delete("/tasks/{task_id}", _delete_task)
 
 
 @web.middleware
@@ -78,23 +76,6 @@ async def _remember_base(request: web.Request, handler: _Handler) -> web.StreamR
         current_base_url().reset(token)
 
 
-def _answer(handler: _Handler) -> _Handler:
-    """`handler`, with a refused file operation answered as problem+json."""
-
-    @functools.wraps(handler)
-    async def answer(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except FileError as exc:
-            return problem(exc.status, exc.detail)
-
-    return answer
-
-
-def _ok(data: Any) -> web.Response:
-    return web.json_response({"success": True, "data": data, "messages": []})
-
-
 # -- files ------------------------------------------------------------------------------------
 
 
@@ -104,7 +85,7 @@ async def _create_files(request: web.Request) -> web.Response:
     specs = parse_file_specs(body, max_file_bytes=emulator.files.max_file_bytes)
     records = [emulator.files.create(spec) for spec in specs]
     base = base_url(request)
-    return _ok([record.dto(base) for record in records])
+    return _envelope([record.dto(base) for record in records])
 
 
 async def _get_file(request: web.Request) -> web.Response:
@@ -112,7 +93,7 @@ async def _get_file(request: web.Request) -> web.Response:
     record = request.app[EMULATOR].files.get(file_id)
     if record is None:
         raise FileError(404, f"file {file_id} not found")
-    return _ok(record.dto(base_url(request)))
+    return _envelope(record.dto(base_url(request)))
 
 
 async def _upload(request: web.Request) -> web.Response:
@@ -125,7 +106,7 @@ async def _upload(request: web.Request) -> web.Response:
         length=request.content_length,
         content_type=request.headers.get("Content-Type"),
     )
-    return _ok(record.dto(base_url(request)))
+    return _envelope(record.dto(base_url(request)))
 
 
 async def _blob(request: web.Request) -> web.StreamResponse:
@@ -173,7 +154,7 @@ async def _list_task_files(request: web.Request) -> web.Response:
     emulator = request.app[EMULATOR]
     found = _files_of(emulator, task_or_404(request), _role(request))
     base = base_url(request)
-    return _ok([{**record.dto(base), "role": role} for role, record in found])
+    return _envelope([{**record.dto(base), "role": role} for role, record in found])
 
 
 def _delete_files(
@@ -199,7 +180,7 @@ def _delete_files(
 async def _delete_task_files(request: web.Request) -> web.Response:
     emulator = request.app[EMULATOR]
     task = task_or_404(request)
-    return _ok(_delete_files(emulator, task, _files_of(emulator, task, _role(request))))
+    return _envelope(_delete_files(emulator, task, _files_of(emulator, task, _role(request))))
 
 
 async def _delete_task(request: web.Request) -> web.Response:
@@ -213,7 +194,7 @@ async def _delete_task(request: web.Request) -> web.Response:
     found = _files_of(emulator, task, None) if value in ("true", "1") else []
     emulator.tasks.delete(task.id)
     files = _delete_files(emulator, task, found)
-    return _ok({"id": task.id, "deleted": True, "files": files})
+    return _envelope({"id": task.id, "deleted": True, "files": files})
 
 
 async def _end(task: Task) -> None:

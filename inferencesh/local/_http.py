@@ -21,7 +21,7 @@ from ._apps import InvalidField, parse_app_ref, parse_sim
 from ._budget import Overloaded
 from ._chats import Chat, ChatError
 from ._emulator import Emulator
-from ._files import KEYLESS_ROUTES
+from ._files import KEYLESS_ROUTES, FileError
 from ._gate import BodyGate, GateTimeoutError
 from ._requirements import parse_requirements, requirements_body
 from ._sessions import MAX_LISTED_SESSIONS, SessionError, parse_call
@@ -188,6 +188,8 @@ async def _answer_or_problem(request: web.Request, handler: _Handler) -> web.Str
         return problem(exc.status, exc.detail, code=exc.code, extra=exc.extra)
     except SessionError as exc:
         return problem(exc.status, exc.detail, code=exc.code)
+    except FileError as exc:
+        return problem(exc.status, exc.detail)
     except Overloaded as exc:
         return problem(429, exc.detail, headers={"Retry-After": str(exc.retry_after)})
     except GateTimeoutError as exc:
@@ -206,7 +208,9 @@ async def _answer_or_problem(request: web.Request, handler: _Handler) -> web.Str
     except RequestBodyTimeout as exc:
         return problem(408, str(exc))
     except web.RequestPayloadError as exc:
-        return problem(400, f"malformed request body ({exc})")
+        return problem(400, f"field 'body': malformed request body ({exc})")
+    except ConnectionError:  # the client hung up mid-body; the answer is for the log only
+        return problem(400, "field 'body': the connection closed before the body arrived")
 
 
 @web.middleware
@@ -341,12 +345,8 @@ async def _json_object(request: web.Request, *, empty: dict[str, Any] | None = N
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _Problem(413, _too_large(None, limits.max_body_bytes)) from None
-    except RequestBodyTimeout as exc:
-        raise _Problem(408, str(exc)) from None
-    except web.RequestPayloadError as exc:
-        raise _Problem(400, f"field 'body': malformed request body ({exc})") from None
-    except ConnectionError:  # the client hung up; the answer is for the log only
-        raise _Problem(400, "field 'body': the connection closed before the body arrived") from None
+    # A body that times out, breaks or is cut off is answered where every reader's is:
+    # `_answer_or_problem`.
     if empty is not None and not raw.strip():
         return empty
     if _nesting_depth(raw) > limits.max_json_depth:
