@@ -317,7 +317,7 @@ def encode_tool_result(result: Any) -> dict[str, Any]:
     if isinstance(result, str):
         return {"result": result}
     try:
-        return {"result": json.dumps(result)}
+        return {"result": json.dumps(result, allow_nan=False)}  # NaN is not JSON
     except (TypeError, ValueError, RecursionError) as exc:
         raise UsageError(f"a tool result must be a string or JSON-serialisable: {exc}") from None
 

@@ -44,6 +44,7 @@ __all__ = [
     "OnSubmit",
     "OnUpdate",
     "TaskOutcome",
+    "in_input_order",
     "next_outcome",
 ]
 
@@ -275,8 +276,7 @@ class AsyncBatch(AsyncIterator[TaskOutcome]):
 
     async def results(self) -> list[TaskOutcome]:
         """Every outcome, in input order (this keeps them all; iterate to keep none)."""
-        found = [outcome async for outcome in self]
-        return sorted(found, key=lambda outcome: outcome.index)
+        return in_input_order([outcome async for outcome in self])
 
     async def aclose(self) -> None:
         """Stop now: tasks in flight stop here and, unless told not to, on the server (from
@@ -379,6 +379,11 @@ async def _abandon(batch: AsyncBatch, running: dict[asyncio.Task[TaskOutcome], _
     if batch._cancel_unfinished:
         unfinished = [slot.task_id for slot in running.values() if slot.task_id is not None]
         await batch._cancel_on_server([task_id for task_id in unfinished if task_id])
+
+
+def in_input_order(outcomes: Iterable[TaskOutcome]) -> list[TaskOutcome]:
+    """Outcomes sorted by their input's index (what `results()` gives)."""
+    return sorted(outcomes, key=lambda outcome: outcome.index)
 
 
 def next_outcome(batch: AsyncBatch) -> Callable[[], Awaitable[TaskOutcome | None]]:

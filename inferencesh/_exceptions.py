@@ -15,7 +15,11 @@ InferenceshError                      base of every exception the SDK raises
 │   ├── ConflictError                 409
 │   ├── RequirementsNotMetError       412, with `.errors`
 │   ├── RateLimitError                429, with `.retry_after`
-│   └── ServerError                   5xx
+│   ├── ServerError                   5xx
+│   └── SessionError                  a session cannot take the call
+│       ├── SessionNotFoundError      404 `session_not_found` (also a NotFoundError)
+│       ├── SessionEndedError         410 `session_ended`
+│       └── SessionExpiredError       410 `session_expired`
 ├── ProtocolError                     the server sent something that breaks the protocol
 │   ├── EventTooLargeError            an event or line exceeded `max_event_bytes`
 │   │   └── SSELineTooLongError       an SSE line or event exceeded the decoder's bound
@@ -33,7 +37,9 @@ InferenceshError                      base of every exception the SDK raises
 ```
 
 Foreign exceptions (aiohttp, asyncio) are mapped to these in one place, the transport, and
-chained with `raise ... from exc`, so callers never have to catch library types.
+chained with `raise ... from exc`, so callers never have to catch library types. Local file
+errors of uploads and downloads (a missing file, a folder that cannot be written) are
+`UsageError`s.
 """
 
 from __future__ import annotations

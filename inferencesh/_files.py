@@ -441,6 +441,8 @@ def _replace(value: Any, uris: Mapping[Any, str], depth: int) -> Any:
 
 
 def _target(file: File, dest: str | os.PathLike[str]) -> Path:
+    if not isinstance(dest, str | os.PathLike):
+        raise UsageError(f"dest must be a path (str or os.PathLike), got {type(dest).__name__}")
     path = Path(dest)
     if path.is_dir():
         name = file.filename or PurePosixPath(unquote(urlsplit(file.uri).path)).name
@@ -485,7 +487,9 @@ async def download(
                     if state.complete:
                         break  # cut after the last byte: nothing is left to ask for
                     failures = 0 if state.done > before else failures + 1
-                    delay = retry_delay(options, failures, retry_after=None)
+                    delay = retry_delay(
+                        options, failures, retry_after=getattr(error, "retry_after", None)
+                    )
                     if delay is None or not may_retry(error, idempotent=True):
                         raise
                     await asyncio.sleep(delay)

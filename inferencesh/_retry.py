@@ -1,7 +1,8 @@
 """The one retry policy: when to try again, and how long to wait first.
 
-REST calls and stream reconnects both ask `retry_delay` how long to wait before an attempt, and
-both read `Retry-After` with `parse_retry_after`. Nothing else in the SDK sleeps before a retry.
+REST calls, uploads, stream reconnects and resumed downloads all ask `retry_delay` how long to
+wait before an attempt (and `may_retry` whether to), and read `Retry-After` with
+`parse_retry_after`. Nothing else in the SDK decides a retry.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ block runs, and ends it on the way out, whatever ends the block.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Mapping
 from types import TracebackType
@@ -150,11 +149,15 @@ class AsyncSession:
     ) -> None:
         if exc is None:
             await self.end()
-            return
+        else:
+            await self._end_quietly()  # the block's own error matters more: keep it
+
+    async def _end_quietly(self) -> None:
+        session_id = self._id
         try:
             await self.end()
-        except InferenceshError as failure:  # the block's own error matters more: keep it
-            logger.warning("could not end session %s after an error: %s", self._id, failure)
+        except InferenceshError as failure:
+            logger.warning("could not end session %s after an error: %s", session_id, failure)
 
     async def open(self) -> SessionInfo | None:
         """Start the session (what `async with` does); returns the server's view of it."""
@@ -166,10 +169,14 @@ class AsyncSession:
             params["session_timeout"] = self._idle_timeout
         first = await self._client.run(params)
         session_id = first.session_id
-        if not isinstance(session_id, str) or not session_id:
-            raise ProtocolError(f"task {first.id} opened no session (its session_id is empty)")
+        if not isinstance(session_id, str) or not session_id or not header_safe(session_id):
+            raise ProtocolError(f"task {first.id} opened no usable session: {session_id!r:.80}")
         self._id = session_id
-        info = await self.info()
+        try:
+            info = await self.info()
+        except BaseException:
+            await self._end_quietly()  # opened on the server: not left behind
+            raise
         if self._keepalive:
             interval = (info.idle_timeout or self._idle_timeout or _DEFAULT_IDLE_TIMEOUT) * (
                 _KEEPALIVE_SHARE
@@ -245,8 +252,7 @@ class AsyncSession:
         keeper, self._keeper = self._keeper, None
         if keeper is not None:
             keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            await asyncio.wait([keeper])  # its cancellation, never the caller's, is absorbed
         if self._id is None:
             return
         session_id, self._id = self._id, None

@@ -46,6 +46,7 @@ from ._batch import (
     OnSubmit,
     OnUpdate,
     TaskOutcome,
+    in_input_order,
     next_outcome,
 )
 from ._defaults import USE_CLIENT_DEFAULT, Timeout
@@ -619,7 +620,7 @@ class SyncBatch(Iterator[TaskOutcome]):
 
     def results(self) -> list[TaskOutcome]:
         """Every outcome, in input order (this keeps them all; iterate to keep none)."""
-        return sorted(self, key=lambda outcome: outcome.index)
+        return in_input_order(self)
 
     def close(self) -> None:
         """Stop now: tasks in flight stop here and, unless told not to, on the server."""
@@ -748,7 +749,7 @@ def _answer(
         if inspect.isawaitable(result):
             if inspect.iscoroutine(result):
                 result.close()  # never awaited: close it so it does not warn
-            raise UsageError("the blocking agent takes plain callbacks, not async ones")
+            raise UsageError("the blocking client takes plain callbacks, not async ones")
     except Exception as exc:
         _to_loop(loop, _settle, future, exc, None)
     except BaseException as exc:

@@ -561,8 +561,7 @@ class Transport:
         with map_errors():
             async with session.request(method, url, data=body, **self._route(url, headers)) as resp:
                 if resp.status >= 400:
-                    body = await resp.content.read(_MAX_ERROR_BODY)
-                    raise _status_error(resp, body)
+                    raise _status_error(resp, await _read_capped(resp))
                 body = await _read_body(resp, self._max_body_bytes)
         logger.debug(
             "%s %s -> %s in %.1f ms", method, path, resp.status, (time.monotonic() - started) * 1e3
@@ -611,7 +610,7 @@ class Transport:
                 with map_errors():
                     try:
                         async with asyncio.timeout(options.idle_timeout):
-                            body = await resp.content.read(_MAX_ERROR_BODY)
+                            body = await _read_capped(resp)
                     except TimeoutError:
                         body = b""
                 raise _status_error(resp, body)
@@ -642,28 +641,42 @@ class Transport:
             headers["Content-Length"] = str(size)
         loop = asyncio.get_running_loop()
         watchdog = asyncio.timeout(idle_timeout)
+        # aiohttp reads the body in a task of its own and reports anything raised there as a
+        # connection error: keep the body's own failure (a file that changed, a callback that
+        # raised) to raise it as it was.
+        failed: list[BaseException] = []
 
         async def watched() -> AsyncIterator[bytes]:
-            async for chunk in body:
-                yield chunk
-                if idle_timeout is not None:
-                    watchdog.reschedule(loop.time() + idle_timeout)
+            try:
+                async for chunk in body:
+                    yield chunk
+                    if idle_timeout is not None:
+                        watchdog.reschedule(loop.time() + idle_timeout)
+            except Exception as exc:
+                failed.append(exc)
+                raise
 
         try:
-            with map_errors():
-                async with (
-                    watchdog,
-                    session.put(url, data=watched(), **self._route(url, headers)) as resp,
-                ):
-                    answer = await resp.content.read(_MAX_ERROR_BODY)
-                    if resp.status >= 400:
-                        raise _status_error(resp, answer)
+            async with watchdog:  # outside map_errors: its TimeoutError is ours, not aiohttp's
+                with map_errors():
+                    async with session.put(
+                        url, data=watched(), **self._route(url, headers)
+                    ) as resp:
+                        if resp.status >= 400:
+                            raise _status_error(resp, await _read_capped(resp))
+                        await _read_capped(resp)  # the answer of a success is small
         except TimeoutError as exc:
+            if failed:
+                raise failed[0] from None
             if not watchdog.expired():
                 raise
             raise IdleTimeoutError(
                 f"the upload made no progress for {idle_timeout} seconds (idle_timeout)"
             ) from exc
+        except InferenceshError:
+            if failed:
+                raise failed[0] from None
+            raise
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -682,6 +695,17 @@ def _status_error(resp: aiohttp.ClientResponse, body: bytes) -> APIStatusError:
     return status_error(
         resp.status, body, retry_after=parse_retry_after(resp.headers.get("Retry-After"))
     )
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """An answer's body up to `_MAX_ERROR_BODY` (the rest is left unread), whatever pieces it
+    arrives in: enough for any problem+json, never a whole stream."""
+    pieces: list[bytes] = []
+    size = 0
+    while size < _MAX_ERROR_BODY and (chunk := await resp.content.read(_MAX_ERROR_BODY - size)):
+        pieces.append(chunk)
+        size += len(chunk)
+    return b"".join(pieces)
 
 
 async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:

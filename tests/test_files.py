@@ -377,3 +377,54 @@ async def test_a_destination_that_cannot_be_written_is_a_usage_error(tmp_path: P
         (tmp_path / "taken").mkdir()
         with pytest.raises(UsageError, match="cannot save to"):
             await client.download(File(uri=url, filename="taken"), tmp_path)
+
+
+async def test_a_file_that_changes_while_uploading_is_its_own_error(tmp_path: Path) -> None:
+    """What goes wrong reading the content is raised as it was, not as a network error
+    (aiohttp reads the body in a task of its own) and not retried."""
+
+    class TextHalfway(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            data = super().read(size)
+            return data.decode("latin-1") if self.tell() > 300_000 else data  # type: ignore[return-value]
+
+    async with files_api() as (url, seen), async_inference(api_key="k", base_url=url) as client:
+        with pytest.raises(UsageError, match="binary mode"):
+            await client.upload_file(TextHalfway(b"z" * 600_000), filename="z.bin")
+    assert len(seen["posts"]) == 1, "not retried"
+
+
+async def test_an_error_answer_in_pieces_is_read_whole() -> None:
+    """A 412 whose body arrives in two pieces still gives typed requirements."""
+    import json
+
+    body = json.dumps(
+        {"status": 412, "detail": "need a key", "errors": [{"type": "secret", "key": "K",
+         "message": "need a key", "action": {"type": "add_secret"}}]}
+    ).encode()  # fmt: skip
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 412 Precondition Failed\r\nContent-Type: application/problem+json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:20]
+        )
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the second piece comes later: what is being tested
+        writer.write(body[20:])
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with async_inference(api_key="k", base_url=f"http://127.0.0.1:{port}") as client:
+            from inferencesh import RequirementsNotMetError
+
+            with pytest.raises(RequirementsNotMetError) as info:
+                await client.get_task("t_1")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert [r.key for r in info.value.errors] == ["K"]
