@@ -1,9 +1,11 @@
 """The emulator's memory budget: the bytes clients can make it hold, against one limit.
 
-Tasks and chats charge what they keep (inputs, log lines, messages, event logs) as they keep
-it. When the total goes over the limit, ended resources (finished tasks, idle chats) are
-dropped oldest first; when live ones alone fill it, new work is refused (`Overloaded`, a 429)
-and event logs keep only their newest event (a resume from before it gets a fresh snapshot).
+Tasks, chats and file records charge what they keep (inputs, log lines, messages, event
+logs, file metadata) as they keep it. When the total goes over the limit, ended resources
+(finished tasks, idle chats) are dropped oldest first; when live work alone fills it, new work
+is refused (`Overloaded`, a 429) and event logs keep only their newest event (a resume from
+before it gets a fresh snapshot). File records are not dropped to make room: files live on
+disk under their own cap.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class MemoryBudget:
         if not self.reclaim(size):
             raise Overloaded(
                 f"{what} refused: the emulator's memory budget ({self.limit} bytes) is full "
-                "of live tasks and chats; retry when some have ended"
+                "of live tasks, chats and file records; retry when some have ended"
             )
 
 

@@ -28,11 +28,13 @@ def _seconds(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
 class HttpLimits:
     """What one client may send the emulator's HTTP server, so none can break or starve it.
 
-    Frozen; change it with `attrs.evolve`. A request over a limit gets a 4xx problem+json
-    answer (400, 408, 413, 414 or 431), never a 500.
+    Frozen; change it with `attrs.evolve`. A request over a limit gets a problem+json answer
+    (400, 408, 413, 414 or 431; 503 when the request bodies in hand fill the body gate),
+    never a 500.
 
-    - `max_body_bytes` (1 MiB): the largest request body, on every route (413; a body a
-      route does not read is dropped as it arrives).
+    - `max_body_bytes` (1 MiB): the largest request body, on every route but file uploads,
+      which stream to disk under their own limit (413; a body a route does not read is
+      dropped as it arrives).
     - `max_url_bytes` (8 KiB): the longest request target, path and query (414).
     - `max_header_bytes` (8 KiB): the longest header name or value (431).
     - `max_headers` (64): the most header lines in a request (431).

@@ -290,18 +290,8 @@ class SessionStore:
         if request.session == "new":
             timeout = request.session_timeout or self.default_timeout
             return self.create(ref, timeout)
-        session = self.get(request.session)
         session_id = request.session
-        if session is None:
-            raise SessionError(404, "session_not_found", f"session {session_id} not found")
-        if session.status == "ended":
-            raise SessionError(410, "session_ended", f"session {session_id} has been ended")
-        if session.status == "expired":
-            raise SessionError(
-                410,
-                "session_expired",
-                f"session {session_id} expired after {session.idle_timeout} s without calls",
-            )
+        session = self._usable(session_id)
         if session.app_id != ref.key:
             raise SessionError(
                 400,
@@ -401,7 +391,11 @@ class SessionStore:
         if session.status == "ended":
             raise SessionError(410, "session_ended", f"session {session_id} has been ended")
         if session.status == "expired":
-            raise SessionError(410, "session_expired", f"session {session_id} has expired")
+            raise SessionError(
+                410,
+                "session_expired",
+                f"session {session_id} expired after {session.idle_timeout} s without calls",
+            )
         return session
 
     def _finish(self, session: Session, status: str, mono: float, wall: datetime) -> None:

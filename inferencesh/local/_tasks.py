@@ -102,6 +102,9 @@ class Task:
         for stored in record.events:  # the step updates after the checkpoint
             if stored.seq > record.state_seq:
                 _replay(state, json.loads(stored.head + stored.tail))
+        logs = state.get("logs") or []
+        if not isinstance(logs, list) or not all(isinstance(line, str) for line in logs):
+            raise TypeError(f"task {self.id}: its persisted logs are not a list of strings")
         self._store.budget.charge(self._held)
         self.short_id = str(state.get("short_id", self.short_id))
         self.created_at = str(state.get("created_at", self.created_at))
@@ -109,7 +112,7 @@ class Task:
         self.status = TaskStatus.parse(state.get("status"))
         self.output = state.get("output")
         self.error = state.get("error")
-        self.logs = list(state.get("logs") or [])
+        self.logs = list(logs)
         self.progress = state.get("progress")
         self._log_bytes = sum(len(line) + OVERHEAD for line in self.logs)
         self._hold(self._log_bytes)
