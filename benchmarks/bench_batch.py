@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import platform
 import re
 import statistics
 import sys
@@ -72,7 +74,9 @@ def rss_kib() -> int:
 
 
 async def memory_per_task(client: inferencesh.AsyncInference, in_flight: int) -> float:
-    """KiB of client RSS per task in flight: never-ending tasks held at the bound."""
+    """KiB of client RSS per task in flight: never-ending tasks held at the bound (garbage
+    collected before each sample, so what is counted is held, not waiting to be freed)."""
+    gc.collect()
     before = rss_kib()
     holds = ({"app": "bench/sim", "input": {"sim": {"hold": True}}} for _ in range(in_flight))
     batch = client.run_many(holds, concurrency=in_flight)
@@ -84,6 +88,7 @@ async def memory_per_task(client: inferencesh.AsyncInference, in_flight: int) ->
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {batch.progress.by_status} after 120 s")
             await asyncio.sleep(0.05)  # a benchmark sampling loop, not a test waiting
+        gc.collect()
         during = rss_kib()
         waiting.cancel()
     return (during - before) / in_flight
@@ -101,7 +106,10 @@ async def run(args: argparse.Namespace) -> None:
                 figures["run_many"].append(await ours(client, count, concurrency))
                 figures["gather+Semaphore"].append(await baseline(client, count, concurrency))
             per_task = await memory_per_task(client, in_flight)
-    print(f"{count} tasks, concurrency {concurrency}, {rounds} interleaved round(s)")
+    print(
+        f"inferencesh {inferencesh.__version__}, Python {platform.python_version()}; "
+        f"{count} tasks, concurrency {concurrency}, {rounds} interleaved round(s)"
+    )
     for name, values in figures.items():
         print(
             f"  {name:<18} best {max(values):8.0f} tasks/s  median {statistics.median(values):8.0f}"

@@ -467,7 +467,7 @@ def test_ctrl_c_waits_for_the_answers_on_their_way_before_stopping(
     assert ("started", True) == (state, task_id is not None)
     assert {1: ("pending", None), 2: ("pending", None)} == rows
     assert emu.wait_until(lambda e: (e.task_snapshot(task_id or "") or {}).get("status") == 12)
-    assert set(calls) <= {0}  # nothing else started (0 may be cancelled before its app ran)
+    assert calls in ([], [0])  # nothing else started (0 may be cancelled before its app ran)
 
 
 def test_ctrl_c_cancels_started_tasks_and_a_rerun_completes_the_rest(

@@ -67,7 +67,7 @@ def test_close_from_another_thread_ends_the_iteration(closer: str) -> None:
             else:
                 client.close()
             assert iteration.ended(), "the iteration did not end after close()"
-            assert time.monotonic() - started < BOUND
+            assert time.monotonic() - started < 2.0, "close() should end it in milliseconds"
         finally:
             client.close()
     assert iteration.error is None, repr(iteration.error)
