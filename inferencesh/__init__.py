@@ -10,10 +10,12 @@ from __future__ import annotations
 from ._agent import AgentEvent, AsyncAgent, ChatMessage, MessageEvent, ToolCall
 from ._async_client import AsyncInference, TaskStream, async_inference
 from ._batch import AsyncBatch, BatchItem, BatchProgress, TaskOutcome
+from ._connection import ConnectionEvent
 from ._defaults import USE_CLIENT_DEFAULT, UseClientDefault
 from ._events import Progress, TaskUpdate
 from ._exceptions import (
     AgentError,
+    APIError,
     APIStatusError,
     AuthenticationError,
     BadRequestError,
@@ -60,6 +62,7 @@ __all__ = [
     "Agent",
     "AgentError",
     "AgentEvent",
+    "APIError",
     "APIStatusError",
     "async_inference",
     "AsyncAgent",
@@ -73,6 +76,7 @@ __all__ = [
     "ChatMessage",
     "ConflictError",
     "ConnectError",
+    "ConnectionEvent",
     "EventGapError",
     "EventTooLargeError",
     "File",

@@ -16,7 +16,7 @@ import json
 import logging
 import reprlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 from urllib.parse import quote
 
 import attrs
@@ -61,6 +61,26 @@ class MessageEvent(MappingReads):
     message_id: str
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
+    if TYPE_CHECKING:  # the types of `event["content"]`, `event.get("type")`, ...
+
+        @overload
+        def __getitem__(self, key: Literal["type"]) -> Literal["text", "thinking"]: ...
+        @overload
+        def __getitem__(self, key: Literal["content", "message_id"]) -> str: ...
+        @overload
+        def __getitem__(self, key: str) -> Any: ...
+        def __getitem__(self, key: str) -> Any: ...
+        @overload
+        def get(
+            self, key: Literal["type"], default: object = None
+        ) -> Literal["text", "thinking"]: ...
+        @overload
+        def get(self, key: Literal["content", "message_id"], default: object = None) -> str: ...
+        @overload
+        def get(self, key: str, default: Any = None) -> Any: ...
+        def get(self, key: str, default: Any = None) -> Any:
+            """Return the value for `key`, or `default` when there is no such key."""
+
 
 @attrs.frozen
 class ToolCall(MappingReads):
@@ -74,6 +94,20 @@ class ToolCall(MappingReads):
     args: Any
     message_id: str = ""
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+    if TYPE_CHECKING:  # the types of `call["name"]`, `call.get("id")`, ...
+
+        @overload
+        def __getitem__(self, key: Literal["id", "name", "message_id"]) -> str: ...
+        @overload
+        def __getitem__(self, key: str) -> Any: ...
+        def __getitem__(self, key: str) -> Any: ...
+        @overload
+        def get(self, key: Literal["id", "name", "message_id"], default: object = None) -> str: ...
+        @overload
+        def get(self, key: str, default: Any = None) -> Any: ...
+        def get(self, key: str, default: Any = None) -> Any:
+            """Return the value for `key`, or `default` when there is no such key."""
 
 
 @attrs.frozen
@@ -89,8 +123,34 @@ class ChatMessage(MappingReads):
     tool_calls: tuple[ToolCall, ...] = ()
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
+    if TYPE_CHECKING:  # the types of `message["text"]`, `message.get("tool_calls")`, ...
+
+        @overload
+        def __getitem__(self, key: _MessageText) -> str: ...
+        @overload
+        def __getitem__(self, key: Literal["tool_calls"]) -> tuple[ToolCall, ...]: ...
+        @overload
+        def __getitem__(self, key: str) -> Any: ...
+        def __getitem__(self, key: str) -> Any: ...
+        @overload
+        def get(self, key: _MessageText, default: object = None) -> str: ...
+        @overload
+        def get(
+            self, key: Literal["tool_calls"], default: object = None
+        ) -> tuple[ToolCall, ...]: ...
+        @overload
+        def get(self, key: str, default: Any = None) -> Any: ...
+        def get(self, key: str, default: Any = None) -> Any:
+            """Return the value for `key`, or `default` when there is no such key."""
+
+
+# The keys of a `ChatMessage` whose values are strings.
+_MessageText = Literal["id", "chat_id", "role", "status", "text", "reasoning"]
+
 
 AgentEvent = MessageEvent | ToolCall | ChatMessage
+"""What an agent run streams: a piece of the message, a client tool call, or a finished message."""
+
 MessageCallback = Callable[[MessageEvent], Any]
 ToolCallCallback = Callable[[ToolCall], Any]
 

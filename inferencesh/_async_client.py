@@ -192,6 +192,18 @@ class AsyncInference:
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> Awaitable[TaskUpdate]: ...
 
+    @overload
+    def run(
+        self,
+        params: Params,
+        *,
+        stream: bool,
+        wait: bool = True,
+        options: StreamingOptions | None = None,
+        cancel_on_close: bool = False,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
+    ) -> TaskStream | Awaitable[TaskUpdate]: ...
+
     def run(
         self,
         params: Params,
@@ -316,6 +328,10 @@ class AsyncInference:
         """Ask the server to cancel the task; a finished task is left as it is."""
         path = f"/tasks/{_quote_id(task_id)}/cancel"
         await self._transport.request("POST", path, idempotent=True, timeout=timeout)
+
+    async def cancel(self, task_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
+        """`cancel_task` under the official client's name."""
+        await self.cancel_task(task_id, timeout=timeout)
 
     async def delete_task(
         self, task_id: str, *, files: bool = False, timeout: Timeout = USE_CLIENT_DEFAULT

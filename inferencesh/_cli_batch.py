@@ -27,7 +27,8 @@ is marked `finished`, and a rerun first cuts a partial last line (a crash mid-wr
 line is in the file exactly once across reruns. The journal stores a hash of the input file
 and the app; another batch's journal is a usage error.
 
-Exit codes: 0 every input completed, 1 any did not (or the run failed), 2 usage, 130 Ctrl-C.
+Exit codes: 0 every input completed, 1 any did not (or the run failed), 2 usage, 130 Ctrl-C,
+141 stdout's reader went away (a closed pipe stops the run as Ctrl-C does).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from ._cli_run import (
 from ._events import TaskUpdate
 from ._exceptions import InferenceshError, NotFoundError, UsageError
 from ._status import TaskStatus
+from ._terminal import OUTPUT_CLOSED, OutputClosed, json_line, write_out
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -675,10 +677,10 @@ class _Run:
     def write(self, line: dict[str, Any]) -> None:
         """Append the line (durably), then mark its input finished: in this order, so a crash
         between the two is healed by the next run's `reconcile`, never written twice."""
-        text = self.results.append(line)
+        self.results.append(line)
         self.journal.finished(line["index"], line["status"], _line_ok(line))
-        if self.console is None:
-            print(text, flush=True)
+        if self.console is None:  # ASCII JSON: no control character reaches a terminal
+            write_out(json_line(line) + "\n")
 
     async def finish_downloads(self) -> None:
         while self.finishing:
@@ -767,15 +769,16 @@ async def _batch(run: _Run) -> int:
                 on_update=run.on_update,
                 total=len(plan),
             )
-            interrupted = False
+            interrupted = closed = False
             left: list[int] = []
             try:
                 async with _display(run, batch):
                     try:
                         await interrupts.guard(run.pump(batch))
                         await interrupts.guard(run.finish_downloads())
-                    except _Interrupted:
+                    except (_Interrupted, OutputClosed) as exc:  # Ctrl-C, or stdout closed
                         interrupted = True
+                        closed = isinstance(exc, OutputClosed)
                         await run.settle(batch, interrupts)
                     finally:
                         left = await run.close(batch, interrupts)
@@ -785,7 +788,7 @@ async def _batch(run: _Run) -> int:
                 _say(args, f"error: {exc}")
                 _report(run)
                 return FAILED
-    return _report(run, interrupted=interrupted, left=left)
+    return _report(run, interrupted=interrupted, closed=closed, left=left)
 
 
 def _announce(run: _Run, plan: _Plan) -> None:
@@ -804,8 +807,11 @@ def _announce(run: _Run, plan: _Plan) -> None:
     _say(run.args, "; ".join(parts))
 
 
-def _report(run: _Run, *, interrupted: bool = False, left: list[int] | None = None) -> int:
-    """The end of a run: the tally of the whole batch, the inputs in the window, the exit code."""
+def _report(
+    run: _Run, *, interrupted: bool = False, closed: bool = False, left: list[int] | None = None
+) -> int:
+    """The end of a run: the tally of the whole batch, the inputs in the window, the exit code
+    (`closed`: stdout's reader went away, which interrupted the run)."""
     args = run.args
     by_status, failed, total = run.journal.tally()
     done = sum(by_status.values())
@@ -826,9 +832,10 @@ def _report(run: _Run, *, interrupted: bool = False, left: list[int] | None = No
             what = f"cancelled {len(running)} running tasks (a rerun starts their inputs again)"
         else:
             what = "no task was running"
-        _say(args, f"interrupted: {done} of {total} inputs done; {what}; run the same "
+        why = "output closed" if closed else "interrupted"
+        _say(args, f"{why}: {done} of {total} inputs done; {what}; run the same "
              "command to go on")  # fmt: skip
-        return INTERRUPTED
+        return OUTPUT_CLOSED if closed else INTERRUPTED
     counts = ", ".join(f"{count} {status}" for status, count in sorted(by_status.items()))
     _say(args, f"{done} of {total} inputs done ({counts or 'none'}); results in {run.results.path}")
     if done < total:

@@ -1,9 +1,15 @@
-"""The `run` and `agent` commands of the CLI (argparse lives in `inferencesh.cli`).
+"""The `run`, `attach`, `get` and `cancel` commands of the CLI, and what the CLI's commands share
+(argparse lives in `inferencesh.cli`, the `agent` command in `inferencesh._cli_agent`).
 
 `run` creates a task and shows its stream one of three ways: a live rich display on a terminal,
 plain lines when stdout is a pipe or file, or one JSON object per update with `--json`. Only
-the live display needs rich. Exit codes: 0 completed, 1 the task did not complete or the API
-failed, 2 usage errors, 130 Ctrl-C (which cancels the task on the server first).
+the live display needs rich. `attach` shows an existing task's stream the same way. Exit codes:
+0 completed, 1 the task did not complete or the API failed, 2 usage errors, 130 Ctrl-C (which
+cancels the task `run` started; `attach` leaves it running unless `--cancel`), 141 stdout's
+reader went away (a closed pipe: handled as Ctrl-C is, quietly).
+
+Everything the server controls passes through `inferencesh._terminal.neutralise` (or is ASCII
+JSON) before it is written, so escape sequences in logs or outputs cannot act on the terminal.
 """
 
 from __future__ import annotations
@@ -15,27 +21,45 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from ._agent import AsyncAgent, MessageEvent, ToolCall
 from ._async_client import AsyncInference, TaskStream
+from ._connection import ConnectionEvent
 from ._events import TaskUpdate
 from ._exceptions import InferenceshError, UsageError
 from ._files import TransferProgress
 from ._status import TaskStatus
+from ._streaming import StreamingOptions
+from ._terminal import (
+    OUTPUT_CLOSED,
+    OutputClosed,
+    json_line,
+    json_text,
+    neutralise,
+    write_err,
+    write_out,
+)
 from ._wire import json_kind
 from .progress import INSTALL_HINT, PlainDisplay, require_rich
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["agent_command", "run_command", "update_to_json"]
+    from .progress import LiveDisplay
+
+__all__ = [
+    "attach_command",
+    "cancel_command",
+    "get_command",
+    "run_command",
+    "update_to_json",
+]
 
 T = TypeVar("T")
 
-# Exit codes.
+# Exit codes (and OUTPUT_CLOSED, 141, after a closed pipe).
 OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
 
 # The emulator accepts any key; --local uses this one unless --api-key names another.
@@ -48,13 +72,19 @@ class _Usage(Exception):
 
 def _usage(args: argparse.Namespace, message: str) -> int:
     parser: argparse.ArgumentParser = args.parser
-    parser.print_usage(sys.stderr)
-    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    write_err(parser.format_usage())
+    write_err(f"{parser.prog}: error: {neutralise(message)}\n")
     return USAGE
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
-    print(f"{args.parser.prog}: {message}", file=sys.stderr, flush=True)
+    """One line on stderr, `<prog>: message`, made safe for a terminal."""
+    write_err(f"{args.parser.prog}: {neutralise(message)}\n")
+
+
+def _line(text: str) -> None:
+    """One line on stdout (`OutputClosed` if its reader has gone)."""
+    write_out(f"{text}\n")
 
 
 # -- settings -----------------------------------------------------------------------------------
@@ -93,7 +123,7 @@ def parse_object(text: str, source: str) -> dict[str, Any]:
 @contextlib.contextmanager
 def _target(args: argparse.Namespace) -> Iterator[tuple[str | None, str | None]]:
     """The base URL and key to use; with --local, an emulator served for the duration."""
-    if not args.local:
+    if not getattr(args, "local", False):  # get, cancel and attach have no --local
         if not (args.api_key or os.environ.get("INFERENCE_API_KEY")):
             raise _Usage("no API key: pass --api-key or set INFERENCE_API_KEY (or use --local)")
         yield args.base_url, args.api_key
@@ -199,30 +229,40 @@ def _need_rich(args: argparse.Namespace, alternative: str) -> int:
 
 
 def update_to_json(update: TaskUpdate) -> dict[str, Any]:
-    """One update as the `--json` line: id, status name and code, logs, progress, outputs."""
-    progress = update.progress
-    return {
-        "id": update.id,
-        "status": update.status.value,
-        "status_code": update.status.code,
-        "logs": list(update.logs),
-        "progress": (
-            None if progress is None else {"current": progress.current, "total": progress.total}
-        ),
-        "partial_output": update.partial_output,
-        "output": update.output,
-        "error": update.error,
-    }
+    """One update as the `--json` line: its `to_dict()`, the one JSON form of an update."""
+    return update.to_dict()
 
 
 def run_command(args: argparse.Namespace) -> int:
     """`inferencesh run APP`: create a task and show it until it ends."""
     try:
         params = {"app": args.app, "input": read_input(args.input)}
+    except _Usage as exc:
+        return _usage(args, str(exc))
+
+    def start(client: AsyncInference, options: StreamingOptions) -> TaskStream:
+        return client.run(params, stream=True, options=options)
+
+    return _follow_command(args, start, started=True)
+
+
+def attach_command(args: argparse.Namespace) -> int:
+    """`inferencesh attach TASK_ID`: show an existing task until it ends, as `run` does."""
+
+    def start(client: AsyncInference, options: StreamingOptions) -> TaskStream:
+        return client.stream_task(args.task_id, options)
+
+    # Ctrl-C cancels only a task this command started, or one it was told it may cancel.
+    return _follow_command(args, start, started=args.cancel)
+
+
+def _follow_command(args: argparse.Namespace, start: _Start, *, started: bool) -> int:
+    """What `run` and `attach` share: the output mode, the server, the exit status."""
+    try:
         console = None if args.json else _live_console()
         with _target(args) as (base_url, api_key):
             client = _client(base_url, api_key)
-            return asyncio.run(_run(args, client, params, console))
+            return asyncio.run(_follow(args, client, start, console, started=started))
     except _Usage as exc:
         return _usage(args, str(exc))
     except _NeedRich:
@@ -232,27 +272,75 @@ def run_command(args: argparse.Namespace) -> int:
         return INTERRUPTED
 
 
-async def _run(
+# How `run` and `attach` open their stream, given the options to open it with.
+_Start = Callable[[AsyncInference, StreamingOptions], TaskStream]
+
+
+class _Reconnects:
+    """Shows a stream's reconnects as they happen: in the live display's status column, or as
+    one line on stderr (so `--json` output stays one object per line)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._args = args
+        self.live: LiveDisplay | None = None
+
+    def __call__(self, event: ConnectionEvent) -> None:
+        if self.live is not None:
+            self.live.connection(event)
+        elif event.state == "reconnecting":
+            wait = f" in {event.delay:.1f}s" if event.delay is not None else ""
+            _say(self._args, f"reconnecting{wait} (attempt {event.attempt}): {event.cause}")
+
+
+@contextlib.contextmanager
+def _live(console: Console | None) -> Iterator[LiveDisplay | None]:
+    """The live display on `console` for the duration (None without a console)."""
+    if console is None:
+        yield None
+        return
+    from .progress import LiveDisplay
+
+    with LiveDisplay(console) as display:
+        yield display
+
+
+async def _follow(
     args: argparse.Namespace,
     client: AsyncInference,
-    params: dict[str, Any],
+    start: _Start,
     console: Console | None,
+    *,
+    started: bool,
 ) -> int:
+    """Show the task's stream to its end, then its outcome; `started`: Ctrl-C cancels it."""
     async with client:
         with _Interrupts() as interrupts:
-            stream = client.run(params, stream=True)
+            reconnects = _Reconnects(args)
             try:
-                last = await interrupts.guard(_show(stream, args, console))
-            except _Interrupted:
-                await stream.aclose()
-                return await _cancel(args, client, stream.task_id, interrupts)
-            except UsageError as exc:
+                stream = start(client, StreamingOptions(on_connection=reconnects))
+            except UsageError as exc:  # e.g. a task id that cannot be one
                 raise _Usage(str(exc)) from None
-            except InferenceshError as exc:
-                _say(args, f"error: {exc}")
-                return FAILED
-            finally:
-                await stream.aclose()
+            # The display outlives the stream, so that after Ctrl-C its last frame can say what
+            # became of the task.
+            with _live(console) as live:
+                reconnects.live = live
+                try:
+                    last = await interrupts.guard(_show(stream, args, live))
+                except (_Interrupted, OutputClosed) as exc:
+                    await stream.aclose()
+                    task_id = stream.task_id or getattr(args, "task_id", None)
+                    closed = isinstance(exc, OutputClosed)
+                    return await _leave(args, client, task_id, interrupts, live,
+                                        cancel=started, closed=closed)  # fmt: skip
+                except UsageError as exc:
+                    raise _Usage(str(exc)) from None
+                except InferenceshError as exc:
+                    if live is not None:
+                        live.conclude("stopped by an error", TaskStatus.FAILED)
+                    _say(args, f"error: {exc}")
+                    return FAILED
+                finally:
+                    await stream.aclose()
             status = _finish(args, last, console)
             if status == OK and args.download is not None and last is not None:
                 try:
@@ -260,6 +348,9 @@ async def _run(
                 except _Interrupted:
                     _say(args, "interrupted; the files not saved yet were left out")
                     return INTERRUPTED
+                except OutputClosed:
+                    _say(args, "output closed; the files not saved yet were left out")
+                    return OUTPUT_CLOSED
                 except UsageError as exc:
                     raise _Usage(str(exc)) from None
                 except InferenceshError as exc:
@@ -285,51 +376,64 @@ async def _download(
         for file in files:
             path = await client.download(file, folder)
             if args.json:
-                print(json.dumps({"saved": str(path), "uri": file.uri}), flush=True)
+                _line(json_line({"saved": str(path), "uri": file.uri}))
             else:
-                print(f"saved {path}", flush=True)
+                _line(f"saved {neutralise(str(path))}")
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # a file name is not rich markup
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
     )
     with Progress(*columns, console=console) as bars:
         for file in files:
-            bar = bars.add_task(file.filename or file.uri.rsplit("/", 1)[-1], total=file.size)
+            name = file.filename or file.uri.rsplit("/", 1)[-1]
+            bar = bars.add_task(neutralise(name), total=file.size)
 
             def moved(state: TransferProgress, bar: Any = bar) -> None:
                 bars.update(bar, completed=state.done, total=state.total)
 
             path = await client.download(file, folder, progress=moved)
-            bars.update(bar, description=str(path))
+            bars.update(bar, description=neutralise(str(path)))
 
 
 async def _show(
-    stream: TaskStream, args: argparse.Namespace, console: Console | None
+    stream: TaskStream, args: argparse.Namespace, live: LiveDisplay | None
 ) -> TaskUpdate | None:
     last = None
     if args.json:
         async for update in stream:
-            print(json.dumps(update_to_json(update), default=str), flush=True)
+            _line(json_line(update_to_json(update)))
             last = update
-    elif console is None:
-
-        def write(line: str) -> None:
-            print(line, flush=True)
-
-        with PlainDisplay(write) as display:
+    elif live is None:
+        with PlainDisplay(_line) as display:
             async for update in stream:
                 display.show(update)
                 last = update
     else:
-        from .progress import atrack
-
-        last = await atrack(stream, console=console)
+        async for update in stream:
+            live.show(update)
+            last = update
     return last
+
+
+def _print_output(output: Any, console: Console | None) -> None:
+    """A completed task's output: `output:` then its JSON, highlighted on a terminal."""
+    text = json_text(output, indent=2)
+    if console is None:
+        _line("output:")
+        _line(text)
+        return
+    from rich.highlighter import JSONHighlighter
+    from rich.text import Text
+
+    console.print(Text("output", style="bold"))
+    shown = JSONHighlighter()(Text(text))  # a Text: server text is never read as markup
+    shown.no_wrap = True
+    console.print(shown, soft_wrap=True)
 
 
 def _finish(args: argparse.Namespace, last: TaskUpdate | None, console: Console | None) -> int:
@@ -338,14 +442,8 @@ def _finish(args: argparse.Namespace, last: TaskUpdate | None, console: Console 
         _say(args, "error: the stream ended without any update")
         return FAILED
     if last.status is TaskStatus.COMPLETED:
-        if args.json:
-            pass  # the last JSON line already holds the output
-        elif console is not None:
-            console.print("[bold]output[/]")
-            console.print_json(data=last.output, default=str)
-        else:
-            print("output:")
-            print(json.dumps(last.output, indent=2, ensure_ascii=False, default=str), flush=True)
+        if not args.json:  # with --json, the last JSON line already holds the output
+            _print_output(last.output, console)
         return OK
     if not last.status.is_terminal:
         _say(args, f"error: the stream of task {last.id} ended while it was {last.status.value}")
@@ -355,143 +453,119 @@ def _finish(args: argparse.Namespace, last: TaskUpdate | None, console: Console 
     return FAILED
 
 
-async def _cancel(
-    args: argparse.Namespace, client: AsyncInference, task_id: str | None, interrupts: _Interrupts
+async def _leave(
+    args: argparse.Namespace,
+    client: AsyncInference,
+    task_id: str | None,
+    interrupts: _Interrupts,
+    live: LiveDisplay | None,
+    *,
+    cancel: bool,
+    closed: bool,
 ) -> int:
-    """Ctrl-C: cancel the task on the server, say so, exit 130."""
+    """Ctrl-C, or stdout's reader gone (`closed`), while following a task: cancel the task
+    (`cancel`) or leave it running. One line on stderr says which, with the task's id; the live
+    display's last frame says it too, in short (the id is above it). Exit 130 (141 when
+    `closed`)."""
+    why = "output closed" if closed else "interrupted"
+    code = OUTPUT_CLOSED if closed else INTERRUPTED
+
+    def end(frame: str, line: str, status: TaskStatus | None = None) -> int:
+        _say(args, line)  # while the display runs, rich prints it above the display
+        if live is not None:
+            live.conclude(f"{why}: {frame}", status)
+        return code
+
     if task_id is None:
-        _say(args, "interrupted before the task was created; nothing to cancel")
-        return INTERRUPTED
+        return end("nothing to cancel", f"{why} before the task was created; nothing to cancel")
+    if not cancel:
+        return end("detached, the task goes on", f"{why}: detached from task {task_id}, which "
+                   f"goes on (inferencesh cancel {task_id} stops it)")  # fmt: skip
+    if live is not None:
+        live.conclude(f"{why}: cancelling the task…")
+        live.refresh()
     try:
         await interrupts.guard(client.cancel_task(task_id))
     except _Interrupted:
-        _say(args, f"interrupted again; task {task_id} may still be running")
-        return INTERRUPTED
+        line = f"{why} again; task {task_id} may still be running"
+        return end("the task may still be running", line, TaskStatus.FAILED)
     except InferenceshError as exc:
-        _say(args, f"could not cancel task {task_id}: {exc}")
-        return INTERRUPTED
-    _say(args, f"cancelled task {task_id}")
-    return INTERRUPTED
+        line = f"{why}; could not cancel task {task_id}: {exc}"
+        return end("could not cancel the task", line, TaskStatus.FAILED)
+    # Ctrl-C in a pipe keeps the line the CLI has always printed: `cancelled task <id>`.
+    line = f"{why}: cancelled task {task_id}" if closed else f"cancelled task {task_id}"
+    return end("task cancelled", line, TaskStatus.CANCELLED)
 
 
-# -- agent ----------------------------------------------------------------------------------------
+# -- get and cancel ----------------------------------------------------------------------------
 
 
-def rejection(name: str) -> str:
-    """The tool result the CLI sends for a client tool it cannot run."""
-    return f"error: the inferencesh CLI cannot run client tool '{name}'"
+def get_command(args: argparse.Namespace) -> int:
+    """`inferencesh get TASK_ID`: print the task's current state once."""
+    return _call_command(args, _get)
 
 
-class _ChatWriter:
-    """Writes an agent's answer as it streams: the text, thinking dimmed, notes in yellow.
-
-    Without a console (stdout is not a terminal) the answer goes to stdout and thinking and
-    notes to stderr, so a pipe receives only the answer.
-    """
-
-    def __init__(self, console: Console | None) -> None:
-        self._console = console
-        self._kind: str | None = None  # what the current line holds: "text" or "thinking"
-        self.wrote_text = False
-
-    def _write(self, text: str, kind: str) -> None:
-        if self._console is not None:
-            style = "dim italic" if kind == "thinking" else None
-            if kind == "note":
-                style = "yellow"
-            self._console.print(
-                text, style=style, end="", markup=False, highlight=False, soft_wrap=True
-            )
-            return
-        stream = sys.stdout if kind == "text" else sys.stderr
-        stream.write(text)
-        stream.flush()
-
-    def _switch(self, kind: str) -> None:
-        if self._kind is not None and self._kind != kind:
-            self._write("\n", self._kind)
-            self._kind = None
-        if self._kind is None and kind == "thinking" and self._console is None:
-            self._write("[thinking] ", kind)
-        self._kind = kind
-
-    def message(self, event: MessageEvent) -> None:
-        """A piece of text or thinking."""
-        self._switch(event.type)
-        self._write(event.content, event.type)
-        if event.type == "text":
-            self.wrote_text = True
-
-    def note(self, text: str) -> None:
-        """A line of its own, between pieces of the answer."""
-        self.end()
-        self._write(f"[{text}]\n", "note")
-
-    def end(self) -> None:
-        """End the current line, if one is open."""
-        if self._kind is not None:
-            self._write("\n", self._kind)
-            self._kind = None
+def cancel_command(args: argparse.Namespace) -> int:
+    """`inferencesh cancel TASK_ID`: cancel the task and say what became of it."""
+    return _call_command(args, _cancel)
 
 
-def agent_command(args: argparse.Namespace) -> int:
-    """`inferencesh agent REF MESSAGE`: send one message and stream the answer."""
+_Call = Callable[[argparse.Namespace, AsyncInference, _Interrupts], Awaitable[int]]
+
+
+def _call_command(args: argparse.Namespace, work: _Call) -> int:
+    """What `get` and `cancel` share: the server, `work`'s typed errors as exit statuses."""
     try:
-        console = _live_console()
         with _target(args) as (base_url, api_key):
             client = _client(base_url, api_key)
-            return asyncio.run(_chat(args, client, _ChatWriter(console)))
+            return asyncio.run(_call(args, client, work))
     except _Usage as exc:
         return _usage(args, str(exc))
-    except _NeedRich:
-        return _need_rich(args, "pipe the output")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the handler was installed, or where there is none
         _say(args, "interrupted")
         return INTERRUPTED
 
 
-async def _chat(args: argparse.Namespace, client: AsyncInference, writer: _ChatWriter) -> int:
+async def _call(args: argparse.Namespace, client: AsyncInference, work: _Call) -> int:
     async with client:
-        try:
-            agent = client.agent(args.ref)
-        except UsageError as exc:
-            raise _Usage(str(exc)) from None
-
-        async def on_tool_call(call: ToolCall) -> None:
-            writer.note(f"the agent called client tool '{call.name}', which the CLI cannot run")
-            await agent.submit_tool_result(call.id, rejection(call.name))
-
         with _Interrupts() as interrupts:
             try:
-                final = await interrupts.guard(
-                    agent.send_message(
-                        args.message, on_message=writer.message, on_tool_call=on_tool_call
-                    )
-                )
+                return await work(args, client, interrupts)
             except _Interrupted:
-                writer.end()
-                return await _stop(args, agent, interrupts)
+                _say(args, "interrupted")
+                return INTERRUPTED
+            except UsageError as exc:
+                raise _Usage(str(exc)) from None
             except InferenceshError as exc:
-                writer.end()
                 _say(args, f"error: {exc}")
                 return FAILED
-    if not writer.wrote_text and final.text:
-        writer.message(MessageEvent("text", final.text, final.id))
-    writer.end()
+
+
+async def _get(args: argparse.Namespace, client: AsyncInference, interrupts: _Interrupts) -> int:
+    """The task's state as plain lines (`task:`, `log:`, `progress:`, `status:`, then `output:`
+    when it completed) or one JSON object; exit 0 whatever its status, since it was read."""
+    update = await interrupts.guard(client.get_task(args.task_id))
+    if args.json:
+        _line(json_line(update_to_json(update)))
+        return OK
+    with PlainDisplay(_line) as display:
+        display.show(update)
+    if update.status is TaskStatus.COMPLETED:
+        _print_output(update.output, None)
     return OK
 
 
-async def _stop(args: argparse.Namespace, agent: AsyncAgent, interrupts: _Interrupts) -> int:
-    if agent.chat_id is None:
-        _say(args, "interrupted before the chat started")
-        return INTERRUPTED
-    try:
-        await interrupts.guard(agent.stop())
-    except _Interrupted:
-        _say(args, f"interrupted again; chat {agent.chat_id} may still be running")
-        return INTERRUPTED
-    except InferenceshError as exc:
-        _say(args, f"could not stop chat {agent.chat_id}: {exc}")
-        return INTERRUPTED
-    _say(args, f"stopped chat {agent.chat_id}")
-    return INTERRUPTED
+async def _cancel(args: argparse.Namespace, client: AsyncInference, interrupts: _Interrupts) -> int:
+    """Cancel, then read the task back: 0 when it is cancelled or cancelling (or still going,
+    the server's cancellation under way), 1 when it had already ended otherwise."""
+    task_id = args.task_id
+    await interrupts.guard(client.cancel_task(task_id))
+    status = (await interrupts.guard(client.get_task(task_id))).status
+    if status is TaskStatus.CANCELLED:
+        _line(f"cancelled task {task_id}")
+    elif not status.is_terminal:
+        _line(f"cancelling task {task_id} (now {status.value})")
+    else:
+        _say(args, f"task {task_id} had already ended ({status.value}); nothing to cancel")
+        return FAILED
+    return OK

@@ -1,14 +1,18 @@
 """Typed events the SDK yields: task updates and their parts.
 
 Plain attrs value objects with no I/O. They also answer dict-style reads (`update["status"]`,
-`update.get("logs")`) because code written for the official client reads them that way.
+`update.get("logs")`) because code written for the official client reads them that way; for
+the keys the streaming reference reads, a type checker knows each read's type (the overloads
+under `TYPE_CHECKING` below: they only describe the one implementation in `MappingReads`).
+`to_dict()` gives the JSON form of any of them.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator, Mapping
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import attrs
 
@@ -63,6 +67,29 @@ class MappingReads:
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
 
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict of the fields, ready for `json.dumps`: statuses as their names, tuples
+        as lists, nested values as their own `to_dict()`, mappings as new dicts. `raw` (the
+        payload as received) is left out."""
+        return {
+            field.name: _plain(getattr(self, field.name))
+            for field in attrs.fields(type(self))  # type: ignore[arg-type]
+            if field.name != "raw"
+        }
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON-ready data: the one rule `MappingReads.to_dict` applies to each field."""
+    if isinstance(value, MappingReads):
+        return value.to_dict()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
 
 @attrs.frozen(slots=False)
 class Progress(MappingReads):
@@ -85,6 +112,20 @@ class Progress(MappingReads):
         except OverflowError:  # a float against an int past float range: exactly, then
             return float(Fraction(self.current) / Fraction(self.total))
 
+    if TYPE_CHECKING:  # the types of `progress["current"]` and `progress.get("total")`
+
+        @overload
+        def __getitem__(self, key: Literal["current", "total"]) -> float: ...
+        @overload
+        def __getitem__(self, key: str) -> Any: ...
+        def __getitem__(self, key: str) -> Any: ...
+        @overload
+        def get(self, key: Literal["current", "total"], default: object = None) -> float: ...
+        @overload
+        def get(self, key: str, default: Any = None) -> Any: ...
+        def get(self, key: str, default: Any = None) -> Any:
+            """Return the value for `key`, or `default` when there is no such key."""
+
 
 @attrs.frozen(slots=False)
 class TaskUpdate(MappingReads):
@@ -93,6 +134,12 @@ class TaskUpdate(MappingReads):
     `logs` holds only the log lines that are new in this update. `partial_output` is the
     intermediate output of a running task; `output` is the final output, set once the task
     has completed. `raw` is the payload as received, for fields this class does not name.
+
+    Dict-style reads are typed for the fields: `update["status"]` is a `TaskStatus`,
+    `update.get("logs")` a tuple of strings. As with a TypedDict's optional keys,
+    `update["progress"]` is typed `Progress` and `update.get("progress")` `Progress | None`:
+    check the `get` (or `update.progress`) first, as it is None while the task reports none.
+    Other keys read the raw payload and are typed `Any`.
     """
 
     id: str
@@ -117,6 +164,46 @@ class TaskUpdate(MappingReads):
         from ._files import find_files  # here: _files builds on this module
 
         return find_files(self.output if self.output is not None else self.partial_output)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict ready for `json.dumps` (what `inferencesh run --json` prints): the
+        fields, with `status` as its name and, next to it, `status_code` as the API's integer;
+        `logs` a list, `progress` `{"current": ..., "total": ...}` or None."""
+        fields = super().to_dict()
+        data = {"id": fields.pop("id"), "status": fields.pop("status")}
+        data["status_code"] = self.status.code
+        data.update(fields)
+        return data
+
+    if TYPE_CHECKING:  # the types of `update["status"]`, `update.get("logs")`, ...
+
+        @overload
+        def __getitem__(self, key: Literal["id"]) -> str: ...
+        @overload
+        def __getitem__(self, key: Literal["status"]) -> TaskStatus: ...
+        @overload
+        def __getitem__(self, key: Literal["logs"]) -> tuple[str, ...]: ...
+        @overload
+        def __getitem__(self, key: Literal["progress"]) -> Progress: ...
+        @overload
+        def __getitem__(self, key: Literal["session_id"]) -> str: ...
+        @overload
+        def __getitem__(self, key: str) -> Any: ...
+        def __getitem__(self, key: str) -> Any: ...
+        @overload
+        def get(self, key: Literal["id"], default: object = None) -> str: ...
+        @overload
+        def get(self, key: Literal["status"], default: object = None) -> TaskStatus: ...
+        @overload
+        def get(self, key: Literal["logs"], default: object = None) -> tuple[str, ...]: ...
+        @overload
+        def get(self, key: Literal["progress"], default: object = None) -> Progress | None: ...
+        @overload
+        def get(self, key: Literal["session_id"], default: object = None) -> str | None: ...
+        @overload
+        def get(self, key: str, default: Any = None) -> Any: ...
+        def get(self, key: str, default: Any = None) -> Any:
+            """Return the value for `key`, or `default` when there is no such key."""
 
 
 # Streams build one `TaskUpdate` (and usually one `Progress`) per event, so they use the two

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AgentError",
+    "APIError",
     "APIStatusError",
     "AuthenticationError",
     "BadRequestError",
@@ -153,6 +154,15 @@ class APIStatusError(InferenceshError):
     def retryable(self) -> bool:
         """Whether repeating the same request may succeed (429 and 5xx)."""
         return self.status == 429 or self.status >= 500
+
+    @property
+    def status_code(self) -> int:
+        """`status` under the official client's name."""
+        return self.status
+
+
+APIError = APIStatusError
+"""`APIStatusError` under the official client's name (the same class)."""
 
 
 class BadRequestError(APIStatusError):

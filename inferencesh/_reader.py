@@ -27,6 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
+from ._connection import ConnectionEvent, ConnectionState
 from ._exceptions import (
     APIStatusError,
     EventGapError,
@@ -232,6 +233,8 @@ class StreamReader(Generic[R]):
         self._problem: BaseException | None = None
         # Run once when the reader is closed before its resource ended (cancel the task).
         self._on_abandon = on_abandon
+        self.connection: ConnectionEvent | None = None
+        """The latest change of the connection (`_report`); written only by the reader."""
 
     @property
     def ended(self) -> bool:
@@ -409,6 +412,7 @@ class StreamReader(Generic[R]):
             except (TransportError, APIStatusError) as exc:
                 await stack.aclose()
                 if not may_retry(exc, idempotent=True):
+                    self._report("gave_up", cause=exc)  # an answer no retry can change
                     raise
                 await self._wait_to_retry(exc)
                 continue
@@ -422,6 +426,7 @@ class StreamReader(Generic[R]):
             else:
                 self._framer = NDJSONFramer(limit)
             cursor.novel = False
+            self._report("connected")
             return response
 
     async def _reconnect_after(self, error: BaseException) -> None:
@@ -444,6 +449,7 @@ class StreamReader(Generic[R]):
             self._options, self._failures, retry_after=retry_after, server_hint=self._retry_hint
         )
         if delay is None:
+            self._report("gave_up", cause=error)
             if asks_too_long(self._options, retry_after):
                 raise error  # rather than sleep that long: the server's own error
             raise RetriesExhaustedError(
@@ -451,15 +457,39 @@ class StreamReader(Generic[R]):
                 f"attempts: {error}",
                 attempts=self._failures - 1,
             ) from error
+        hint = self._retry_hint
         logger.info(
-            "stream of the %s interrupted (%s); reconnect %d/%d in %.2fs",
+            "stream of the %s interrupted (%s); reconnect %d/%d in %.2fs%s",
             self._codec.label,
             error,
             self._failures,
             self._options.max_retries,
             delay,
+            "" if hint is None else f" (base {hint:g}s: the server's retry: hint)",
         )
+        self._report("reconnecting", delay=delay, cause=error)
         await asyncio.sleep(delay)
+
+    def _report(
+        self,
+        state: ConnectionState,
+        *,
+        delay: float | None = None,
+        cause: BaseException | None = None,
+    ) -> None:
+        """Record a change of the connection and tell `on_connection`, if set (what it raises
+        is raised from here: the callback is the caller's own)."""
+        event = ConnectionEvent(
+            state=state,
+            resource=self._codec.label,
+            attempt=self._failures,
+            delay=delay,
+            cause=cause,
+        )
+        self.connection = event
+        callback = self._options.on_connection
+        if callback is not None:
+            callback(event)
 
     async def _disconnect(self) -> None:
         connection, self._connection, self._response = self._connection, None, None

@@ -218,6 +218,17 @@ class AsyncSession:
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> Awaitable[TaskUpdate]: ...
 
+    @overload
+    def run(
+        self,
+        input: Mapping[str, Any],
+        *,
+        function: str | None = None,
+        stream: bool,
+        options: StreamingOptions | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
+    ) -> TaskStream | Awaitable[TaskUpdate]: ...
+
     def run(
         self,
         input: Mapping[str, Any],

@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
+from ._connection import ConnectionEvent
 from ._reader import Codec, StreamReader
 
 __all__ = ["ItemStream", "Items", "MakeView", "View"]
@@ -81,6 +82,12 @@ class ItemStream(AsyncIterator[T]):
 
     async def __anext__(self) -> T:
         return await self._items.__anext__()
+
+    @property
+    def connection(self) -> ConnectionEvent | None:
+        """The latest change of the stream's connection (None before it first connects); the
+        same events `StreamingOptions.on_connection` is given."""
+        return self.reader.connection
 
     async def aclose(self) -> None:
         """Stop streaming and close the connection now (from any task)."""

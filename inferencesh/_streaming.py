@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
+from ._connection import ConnectionEvent
 from ._defaults import USE_CLIENT_DEFAULT, Timeout, call_timeout
 from ._exceptions import UsageError
 from ._retry import RetryPolicy, _positive
@@ -18,6 +20,15 @@ DEFAULT_MAX_EVENT_BYTES = 32 * 1024 * 1024
 def _optional_positive(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None:
         _positive(_, attribute, value)
+
+
+def _callback(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not callable(value):
+        raise UsageError(f"{attribute.name} must be a callable or None, got {value!r:.80}")
+
+
+def _callback_repr(value: object) -> str:
+    return "None" if value is None else f"<{getattr(value, '__qualname__', type(value).__name__)}>"
 
 
 def _size(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -45,6 +56,13 @@ class StreamingOptions(RetryPolicy):
     `chunk_size` is the most bytes taken from the connection per read. `max_event_bytes`
     bounds one event (and one line) so a server cannot grow memory without limit; the default,
     32 MiB, leaves room for a partial output that carries an image preview.
+
+    `on_connection` is called with a `ConnectionEvent` as the stream's connection changes:
+    "connected" (each time a connection opens), "reconnecting" (with the attempt, the delay
+    before it and the failure that caused it) and "gave_up" (just before the stream raises).
+    It runs on the event loop that runs the stream (in the blocking client, the SDK's own loop
+    thread), so keep it quick and never block in it; an exception it raises is raised out of
+    the stream.
     """
 
     chunk_size: int = attrs.field(default=256 * 1024, validator=_size)
@@ -53,6 +71,9 @@ class StreamingOptions(RetryPolicy):
     idle_timeout: float | None = attrs.field(default=60.0, validator=_optional_positive)
     total_timeout: float | None = attrs.field(default=None, validator=_optional_positive)
     max_event_bytes: int = attrs.field(default=DEFAULT_MAX_EVENT_BYTES, validator=_size)
+    on_connection: Callable[[ConnectionEvent], None] | None = attrs.field(
+        default=None, validator=_callback, eq=False, repr=_callback_repr
+    )
 
 
 def timed(options: StreamingOptions, timeout: Timeout) -> StreamingOptions:

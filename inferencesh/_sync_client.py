@@ -49,6 +49,7 @@ from ._batch import (
     in_input_order,
     next_outcome,
 )
+from ._connection import ConnectionEvent
 from ._defaults import USE_CLIENT_DEFAULT, Timeout
 from ._events import TaskUpdate
 from ._exceptions import InferenceshError, UsageError
@@ -92,6 +93,12 @@ class SyncStream(Iterator[T]):
 
     def __next__(self) -> T:
         return next(self._items)
+
+    @property
+    def connection(self) -> ConnectionEvent | None:
+        """The latest change of the stream's connection (None before it first connects), as
+        the reader on the loop thread last recorded it."""
+        return self._reader.connection
 
     def close(self) -> None:
         """Stop iterating and close the connection now (from any thread)."""
@@ -389,6 +396,18 @@ class Inference:
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> TaskUpdate: ...
 
+    @overload
+    def run(
+        self,
+        params: Params,
+        *,
+        stream: bool,
+        wait: bool = True,
+        options: StreamingOptions | None = None,
+        cancel_on_close: bool = False,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
+    ) -> SyncStream[TaskUpdate] | TaskUpdate: ...
+
     def run(
         self,
         params: Params,
@@ -445,6 +464,10 @@ class Inference:
     def cancel_task(self, task_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
         """Ask the server to cancel the task; see `AsyncInference.cancel_task`."""
         self._call(self._async.cancel_task, task_id, timeout=timeout)
+
+    def cancel(self, task_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
+        """`cancel_task` under the official client's name."""
+        self._call(self._async.cancel, task_id, timeout=timeout)
 
     def stream_task(
         self,
@@ -691,6 +714,17 @@ class Session:
         options: StreamingOptions | None = None,
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> TaskUpdate: ...
+
+    @overload
+    def run(
+        self,
+        input: Mapping[str, Any],
+        *,
+        function: str | None = None,
+        stream: bool,
+        options: StreamingOptions | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
+    ) -> SyncStream[TaskUpdate] | TaskUpdate: ...
 
     def run(
         self,

@@ -47,6 +47,7 @@ from ._exceptions import (
     UsageError,
     status_error,
 )
+from ._logging import configure_from_environment
 from ._retry import RetryPolicy, may_retry, parse_retry_after, retry_delay
 from ._streaming import StreamingOptions
 from ._version import __version__
@@ -62,6 +63,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("inferencesh.transport")
+# One DEBUG line per HTTP request: method, path, status (or error class), duration.
+http_logger = logging.getLogger("inferencesh.http")
 # What the server says alongside an answer (the envelope's `messages`), one record each.
 server_logger = logging.getLogger("inferencesh.server")
 
@@ -288,6 +291,59 @@ def map_errors() -> Iterator[None]:
         raise TransportError(f"network error: {_describe(exc)}") from _scrub(exc)
 
 
+class _Exchange:
+    """What `logged` says of one request: its status once known, and a note."""
+
+    __slots__ = ("note", "status")
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.note = ""
+
+
+@contextlib.contextmanager
+def logged(method: str, target: str) -> Iterator[_Exchange]:
+    """Log the request the block makes, once it completes or fails, at DEBUG on
+    `inferencesh.http`: the method, the target (`shown`), the status (or the class of the
+    error, if none came), and the time it took. Never headers, bodies or error messages."""
+    exchange = _Exchange()
+    started = time.monotonic()
+    error: BaseException | None = None
+    try:
+        yield exchange
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        if http_logger.isEnabledFor(logging.DEBUG):
+            status = exchange.status
+            if error is None or (status is not None and isinstance(error, APIStatusError)):
+                outcome = str(status)
+            elif status is None:
+                outcome = type(error).__name__
+            else:
+                outcome = f"{status}, then {type(error).__name__}"
+            elapsed = (time.monotonic() - started) * 1e3
+            http_logger.debug(
+                "%s %s -> %s in %.1f ms%s", method, shown(target), outcome, elapsed, exchange.note
+            )
+
+
+def shown(target: str) -> str:
+    """A request's target as logs and messages show it, without what may be secret. An API
+    path keeps its query's parameter names but not their values. A whole URL is a presigned
+    one (an upload or a download), authorised by a signature or a token in its path or query:
+    only its scheme and host are shown."""
+    parts = urlsplit(target)
+    if parts.scheme:
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
+    text = parts.path or "/"
+    if parts.query:
+        names = (pair.partition("=")[0] for pair in parts.query.split("&") if pair)
+        text += "?" + "&".join(f"{name}=*" for name in names)
+    return text
+
+
 def _describe(exc: BaseException) -> str:
     # aiohttp messages name the URL, host and port, never request headers.
     text = str(exc)
@@ -351,6 +407,7 @@ class Transport:
         trust_env: bool = True,
         default_headers: Mapping[str, str] | None = None,
     ) -> None:
+        configure_from_environment()  # INFERENCESH_LOG, read when the first client is made
         self.base_url = base_url.rstrip("/")
         self._on_messages = on_messages
         headers = validate_headers(default_headers)
@@ -555,17 +612,14 @@ class Transport:
 
     async def _send(self, method: str, path: str, body: bytes | None) -> Any:
         session = await self.session()
-        started = time.monotonic()
         url = self.base_url + path
         headers = self._api_headers if body is None else self._api_json_headers
-        with map_errors():
+        with logged(method, path) as exchange, map_errors():
             async with session.request(method, url, data=body, **self._route(url, headers)) as resp:
+                exchange.status = resp.status
                 if resp.status >= 400:
                     raise _status_error(resp, await _read_capped(resp))
                 body = await _read_body(resp, self._max_body_bytes)
-        logger.debug(
-            "%s %s -> %s in %.1f ms", method, path, resp.status, (time.monotonic() - started) * 1e3
-        )
         data, messages = _unwrap(resp.status, body)
         for message in messages:
             server_logger.info("%s %s: %s", method, path, preview(message))
@@ -592,7 +646,7 @@ class Transport:
         timeout = aiohttp.ClientTimeout(
             total=None, connect=options.connect_timeout, sock_connect=options.connect_timeout
         )
-        with map_errors():
+        with logged("GET", path) as exchange, map_errors():
             ctx = session.get(url, timeout=timeout, **self._route(url, headers))
             waiting = asyncio.timeout(options.headers_timeout)
             try:
@@ -602,9 +656,12 @@ class Transport:
                 if not waiting.expired():
                     raise
                 raise HeadersTimeoutError(
-                    f"no response headers for {path} within {options.headers_timeout} seconds "
-                    "(headers_timeout)"
+                    f"no response headers for {shown(path)} within {options.headers_timeout} "
+                    "seconds (headers_timeout)"
                 ) from exc
+            exchange.status = resp.status
+            if resp.status < 400:
+                exchange.note = f" (headers; streaming {resp.content_type or 'the body'})"
         try:
             if resp.status >= 400:
                 with map_errors():
@@ -658,10 +715,11 @@ class Transport:
 
         try:
             async with watchdog:  # outside map_errors: its TimeoutError is ours, not aiohttp's
-                with map_errors():
+                with logged("PUT", url) as exchange, map_errors():
                     async with session.put(
                         url, data=watched(), **self._route(url, headers)
                     ) as resp:
+                        exchange.status = resp.status
                         if resp.status >= 400:
                             raise _status_error(resp, await _read_capped(resp))
                         await _read_capped(resp)  # the answer of a success is small

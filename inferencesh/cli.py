@@ -2,7 +2,11 @@
 
 Each subcommand is a function that adds its parser to the subparsers (`_add_serve`) and sets
 `handler`, the function that runs it and returns the exit code; add a command by writing a
-new `_add_<name>` function and listing it in `_COMMANDS`.
+new `_add_<name>` function and listing it in `_COMMANDS`. Every option has help text.
+
+No ordinary event shows a traceback: stdout and stderr replace what their encoding cannot
+write, and a closed pipe (`inferencesh run ... | head -1`) ends the command as Ctrl-C does,
+quietly, with exit status 141 (see `inferencesh._terminal`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ._terminal import OUTPUT_CLOSED, OutputClosed, setup_streams, silence, write_err, write_out
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -30,7 +35,21 @@ _Handler = Callable[[argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (2 for usage errors)."""
+    """Run the command line; returns the exit code (2 for usage errors, 141 when stdout's
+    reader went away)."""
+    setup_streams()
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # what is still buffered (--help), while a closed pipe can be told
+    except (OutputClosed, BrokenPipeError):
+        # The commands handle a closed stdout where it matters (cancelling what they started);
+        # anywhere else it ends the command quietly, as a shell's SIGPIPE would.
+        silence(sys.stdout)
+        return OUTPUT_CLOSED
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
@@ -147,8 +166,22 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="how long an agent waits for a client tool result (default 30)",
     )
-    parser.add_argument("--sim-steps", type=_int_at_least(1), default=10, metavar="N")
-    parser.add_argument("--sim-step-delay", type=_seconds, default=0.08, metavar="SECONDS")
+    parser.add_argument(
+        "--sim-steps",
+        type=_int_at_least(1),
+        default=10,
+        metavar="N",
+        help="steps of the simulated app, which runs unregistered apps; an input's "
+        '"sim": {"steps": N} overrides it (default %(default)s)',
+    )
+    parser.add_argument(
+        "--sim-step-delay",
+        type=_seconds,
+        default=0.08,
+        metavar="SECONDS",
+        help="pause after each step of the simulated app; an input's "
+        '"sim": {"step_delay": S} overrides it (default %(default)s)',
+    )
     store = parser.add_argument_group("persistence and task limits")
     store.add_argument(
         "--data-dir",
@@ -243,7 +276,12 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="idle timeout of a session whose request names none, 1-3600 (default %(default)s)",
     )
     parser.add_argument(
-        "--heartbeat-interval", type=_positive_seconds, default=10.0, metavar="SECONDS"
+        "--heartbeat-interval",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="a stream that sent nothing for this long gets a heartbeat (an SSE comment or an "
+        "NDJSON line) (default %(default)s)",
     )
     limits = parser.add_argument_group("HTTP limits")
     for flag, kind, metavar, help in _HTTP_LIMIT_FLAGS:
@@ -265,8 +303,19 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="K",
         help="answer the next K requests with --fail-status",
     )
-    faults.add_argument("--fail-status", type=_error_status, default=503, metavar="S")
-    faults.add_argument("--retry-after", type=_whole_seconds, metavar="SECONDS")
+    faults.add_argument(
+        "--fail-status",
+        type=_error_status,
+        default=503,
+        metavar="S",
+        help="the HTTP status, 400-599, of the --fail-next answers (default %(default)s)",
+    )
+    faults.add_argument(
+        "--retry-after",
+        type=_whole_seconds,
+        metavar="SECONDS",
+        help="send this Retry-After header with the --fail-next answers (default: none)",
+    )
     faults.add_argument(
         "--delay", type=_seconds, default=0.0, metavar="SECONDS", help="delay every response"
     )
@@ -380,14 +429,14 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # a signal before the handlers were installed, or on Windows
         return 0
     except OSError as exc:  # e.g. the port is taken
-        print(f"inferencesh serve: {exc}", file=sys.stderr)
+        write_err(f"inferencesh serve: {exc}\n")
         return 1
     return 0
 
 
 def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
-    parser.print_usage(sys.stderr)
-    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    write_err(parser.format_usage())
+    write_err(f"{parser.prog}: error: {message}\n")
     return 2
 
 
@@ -403,23 +452,26 @@ async def _serve_until_signalled(emulator: Emulator, host: str, port: int) -> No
             installed.append(sig)
     try:
         async with serve(emulator, host=host, port=port) as url:
-            print(f"inferencesh emulator listening on {url}", flush=True)
+            write_out(f"inferencesh emulator listening on {url}\n")
             await stop.wait()
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
 
 
-# -- run, batch and agent (their work is in inferencesh._cli_run and _cli_batch, imported when they
-# run) -------------------------------------------------------------------------------------------
+# -- run, attach, get, cancel, batch and agent (their work is in inferencesh._cli_run, _cli_batch
+# and _cli_agent, imported when they run) ---------------------------------------------------------
 
 
-def _add_target(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--local",
-        action="store_true",
-        help="start the local emulator in this process and use it (any API key works)",
-    )
+def _add_target(parser: argparse.ArgumentParser, *, local: bool = True) -> None:
+    """--base-url and --api-key, and --local for the commands that start their own work (an
+    emulator started for `get`, `cancel` or `attach` would know no task)."""
+    if local:
+        parser.add_argument(
+            "--local",
+            action="store_true",
+            help="start the local emulator in this process and use it (any API key works)",
+        )
     parser.add_argument(
         "--base-url", metavar="URL", help="API base URL (default: $INFERENCE_BASE_URL or hosted)"
     )
@@ -433,8 +485,9 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description=(
             "Create a task and show it until it ends: status, progress bar, logs and partial "
             "outputs on a terminal (needs the cli extra: pip install 'inferencesh[cli]'), plain "
-            "lines in a pipe, one JSON object per update with --json. Ctrl-C cancels the task. "
-            "Exit codes: 0 completed, 1 failed, 2 usage error, 130 interrupted."
+            "lines in a pipe, one JSON object per update with --json. Ctrl-C cancels the task, "
+            "and so does a closed output pipe (as in run ... | head -1). Exit codes: 0 "
+            "completed, 1 failed, 2 usage error, 130 interrupted, 141 output closed."
         ),
     )
     parser.add_argument("app", metavar="APP", help="the app, e.g. infsh/flux-schnell")
@@ -457,23 +510,110 @@ def _run(args: argparse.Namespace) -> int:
     return run_command(args)
 
 
+def _add_attach(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "attach",
+        help="watch an existing task live, as run does",
+        description=(
+            "Show an existing task until it ends, as run does: status, progress bar, logs and "
+            "partial outputs on a terminal, plain lines in a pipe, one JSON object per update "
+            "with --json; a task that has already ended is shown as it ended. Ctrl-C detaches "
+            "and leaves the task running (this command did not start it) unless --cancel is "
+            "given. Exit codes: 0 completed, 1 failed, cancelled or unknown, 2 usage error, "
+            "130 interrupted, 141 output closed."
+        ),
+    )
+    parser.add_argument("task_id", metavar="TASK_ID", help="the task, e.g. task_...")
+    _add_target(parser, local=False)
+    parser.add_argument("--json", action="store_true", help="print one JSON object per update")
+    parser.add_argument(
+        "--download",
+        metavar="DIR",
+        help="once the task completes, save its output files in DIR (with a progress bar)",
+    )
+    parser.add_argument(
+        "--cancel",
+        action="store_true",
+        help="on Ctrl-C (or a closed output pipe), cancel the task instead of leaving it running",
+    )
+    parser.set_defaults(handler=_attach, parser=parser)
+
+
+def _attach(args: argparse.Namespace) -> int:
+    from ._cli_run import attach_command
+
+    return attach_command(args)
+
+
+def _add_get(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "get",
+        help="print a task's current state once",
+        description=(
+            "Print a task's current state once: plain lines (task, logs, progress, status, "
+            "then the output if it completed), or one JSON object with --json. Exit codes: 0 "
+            "the state was read, whatever the task's status; 1 the task is unknown or the API "
+            "failed; 2 usage error."
+        ),
+    )
+    parser.add_argument("task_id", metavar="TASK_ID", help="the task, e.g. task_...")
+    _add_target(parser, local=False)
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object, with the keys run --json uses"
+    )
+    parser.set_defaults(handler=_get, parser=parser)
+
+
+def _get(args: argparse.Namespace) -> int:
+    from ._cli_run import get_command
+
+    return get_command(args)
+
+
+def _add_cancel(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "cancel",
+        help="cancel a task",
+        description=(
+            "Cancel a task and print one line: 'cancelled task ID', or 'cancelling task ID' "
+            "while the server stops it. Exit codes: 0 cancelled or cancelling; 1 the task had "
+            "already ended (nothing to cancel), is unknown, or the API failed; 2 usage error."
+        ),
+    )
+    parser.add_argument("task_id", metavar="TASK_ID", help="the task, e.g. task_...")
+    _add_target(parser, local=False)
+    parser.set_defaults(handler=_cancel, parser=parser)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from ._cli_run import cancel_command
+
+    return cancel_command(args)
+
+
 def _add_agent(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "agent",
         help="send a message to an agent and stream its answer",
         description=(
             "Send one message to an agent and stream the answer (thinking dimmed). Client tool "
-            "calls are answered with an error result, since the CLI cannot run them."
+            "calls are answered with an error result, since the CLI cannot run them. The chat's "
+            "id goes to stderr as 'chat: ID'; pass it to --chat to continue the conversation."
         ),
     )
     parser.add_argument("ref", metavar="REF", help="the agent, e.g. my-org/assistant@latest")
     parser.add_argument("message", metavar="MESSAGE", help="the message to send")
+    parser.add_argument(
+        "--chat",
+        metavar="ID",
+        help="continue this chat (the id an earlier agent command printed) instead of a new one",
+    )
     _add_target(parser)
     parser.set_defaults(handler=_agent, parser=parser)
 
 
 def _agent(args: argparse.Namespace) -> int:
-    from ._cli_run import agent_command
+    from ._cli_agent import agent_command
 
     return agent_command(args)
 
@@ -488,8 +628,9 @@ def _add_batch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "A journal records each input's progress: after a crash, kill or Ctrl-C, run the "
             "same command again to go on where it stopped (finished inputs are skipped, started "
             "tasks re-attached). A live display on a terminal (needs the cli extra), the result "
-            "lines in a pipe or with --json. Exit codes: 0 every input completed, 1 any did "
-            "not, 2 usage error, 130 interrupted."
+            "lines in a pipe or with --json. A closed output pipe stops it as Ctrl-C does. Exit "
+            "codes: 0 every input completed, 1 any did not, 2 usage error, 130 interrupted, 141 "
+            "output closed."
         ),
     )
     parser.add_argument("app", metavar="APP", help="the app, e.g. infsh/flux-schnell")
@@ -540,6 +681,9 @@ def _batch(args: argparse.Namespace) -> int:
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_serve,
     _add_run,
+    _add_attach,
+    _add_get,
+    _add_cancel,
     _add_batch,
     _add_agent,
 ]

@@ -13,7 +13,8 @@ print(last.output if last else None)
 status, a progress bar with rate and ETA once the task reports progress, its log lines
 scrolling above the bar and its latest partial output below it; they return the last update.
 On a console that is not a terminal they print plain lines instead (one per status change,
-log line and progress step). `BatchDisplay` draws a whole batch (`client.run_many`): one bar,
+log line and progress step); in a Jupyter notebook they show one output redrawn in place, the
+log lines printed below it as text. `BatchDisplay` draws a whole batch (`client.run_many`): one bar,
 the count of tasks in each status, the rate, the ETA and the last failures. The display uses
 rich, the optional `cli` extra (`pip install 'inferencesh[cli]'`); it is imported only when a
 display starts, so importing this module never needs it.
@@ -21,18 +22,23 @@ display starts, so importing this module never needs it.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
+from ._connection import ConnectionEvent
 from ._events import Progress, TaskUpdate
 from ._exceptions import UsageError
+from ._notebook import NotebookRegion, in_notebook
 from ._status import TaskStatus
+from ._terminal import neutralise
 
 if TYPE_CHECKING:
-    from rich.console import Console, ConsoleOptions, RenderableType
+    from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
     from rich.live import Live
     from rich.progress import Progress as RichProgress
     from rich.progress import TaskID
@@ -47,6 +53,9 @@ INSTALL_HINT = "pip install 'inferencesh[cli]'"
 # A partial output is shown on one line, cut to this many characters before the terminal's
 # own ellipsis: a long generated text must not make every refresh serialise megabytes.
 _PARTIAL_CHARS = 2000
+
+# The mark of a display stopped before its task ended (detached, interrupted).
+_STOPPED = ("■", "yellow")
 
 _OUTCOME_STYLES = {
     TaskStatus.COMPLETED: ("✓", "green"),
@@ -120,6 +129,8 @@ def _display_for(console: Console | None, transient: bool) -> Display:
     from rich.console import Console
 
     console = console if console is not None else Console()
+    if in_notebook(console):
+        return NotebookDisplay(console, transient=transient)
     if not console.is_terminal or console.is_dumb_terminal:
         shown = console
 
@@ -134,9 +145,10 @@ def _display_for(console: Console | None, transient: bool) -> Display:
 
 
 def status_text(update: TaskUpdate) -> str:
-    """The status as shown: its name, plus the error of a task that did not complete."""
+    """The status as shown: its name, plus the error of a task that did not complete
+    (neutralised: the server's text cannot act on the terminal)."""
     if update.status.is_terminal and update.status is not TaskStatus.COMPLETED and update.error:
-        return f"{update.status.value}: {update.error}"
+        return neutralise(f"{update.status.value}: {update.error}")
     return update.status.value
 
 
@@ -146,9 +158,10 @@ def format_number(value: float) -> str:
 
 
 def compact_json(value: Any, limit: int = _PARTIAL_CHARS) -> str:
-    """A value on one line: strings as they are, anything else as compact JSON, cut to `limit`."""
+    """A value on one line: strings as they are, anything else as compact JSON, cut to `limit`
+    and neutralised (control characters shown as `\\xNN`, so they cannot act on a terminal)."""
     text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
-    text = " ".join(text.split("\n"))
+    text = neutralise(" ".join(text.split("\n")))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -162,7 +175,8 @@ def _known(progress: Progress | None) -> Progress | None:
 class PlainDisplay:
     """Plain lines for pipes and logs: the task id, each status change, log line and step.
 
-    Needs nothing but a function that writes one line; the CLI uses it without rich.
+    Needs nothing but a function that writes one line; the CLI uses it without rich. What the
+    server sent is neutralised (`\\x1b` for ESC, ...), so it cannot act on a terminal.
     """
 
     def __init__(self, write: Callable[[str], None]) -> None:
@@ -186,9 +200,9 @@ class PlainDisplay:
         """Write the lines this update adds."""
         if update.id != self._task_id:
             self._task_id = update.id
-            self._write(f"task: {update.id}")
+            self._write(f"task: {neutralise(update.id)}")
         for line in update.logs:
-            self._write(f"log: {line}")
+            self._write(f"log: {neutralise(line)}")
         progress = _known(update.progress)
         if progress is not None:
             step = (progress.current, progress.total)
@@ -231,6 +245,7 @@ class _PartialLine:
 def _columns() -> list[Any]:
     """The progress bar's columns: outcome or spinner, status, bar, %, steps, rate, ETA."""
     from rich.progress import BarColumn, ProgressColumn, SpinnerColumn, Task, TaskProgressColumn
+    from rich.table import Column
     from rich.text import Text
 
     class OutcomeColumn(SpinnerColumn):
@@ -286,7 +301,7 @@ def _columns() -> list[Any]:
 
     return [
         OutcomeColumn(),
-        StatusColumn(),
+        StatusColumn(table_column=Column(no_wrap=True, overflow="ellipsis")),
         BarColumn(bar_width=32),
         TaskProgressColumn(),
         StepsColumn(),
@@ -295,8 +310,34 @@ def _columns() -> list[Any]:
     ]
 
 
+class _Margin:
+    """Draws its content two columns narrower than the console.
+
+    A terminal echoes Ctrl-C as `^C` where the cursor is: at the end of the display's last line.
+    Were that line as wide as the terminal, the echo would wrap onto a new line, and the next
+    redraw, which moves the cursor up by the display's height, would leave the old bar above
+    the new one. Two spare columns keep the echo on the line the redraw erases.
+    """
+
+    def __init__(self, content: RenderableType) -> None:
+        self._content = content
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield from console.render(self._content, _narrower(options))
+
+
+def _narrower(options: ConsoleOptions) -> ConsoleOptions:
+    return options.update_width(max(1, options.max_width - 2))
+
+
 class LiveDisplay:
-    """The rich display: status and bar redrawn in place, log lines printed above them."""
+    """The rich display: status and bar redrawn in place, log lines printed above them.
+
+    What the server sent (ids, log lines, errors, partial outputs) is neutralised and drawn as
+    `Text`, never read as markup, so it cannot act on the terminal. If the block it is used in
+    ends early (Ctrl-C, an error), its last frame says so instead of showing a running task;
+    `conclude` says more precisely what happened.
+    """
 
     def __init__(self, console: Console, *, transient: bool = False) -> None:
         from rich.console import Group
@@ -308,13 +349,15 @@ class LiveDisplay:
         self._row: TaskID = self._bar.add_task("", total=None, status="starting")
         self._partial = _PartialLine()
         self._live: Live = Live(
-            Group(self._bar, self._partial),
+            _Margin(Group(self._bar, self._partial)),
             console=console,
             transient=transient,
             refresh_per_second=10,
         )
         self._task_id: str | None = None
+        self._status = "starting"  # the task's, as last shown (a reconnect shows over it)
         self._started = time.monotonic()
+        self._ended = False  # the task ended, or `conclude` said what became of it
 
     def __enter__(self) -> Self:
         self._live.start()
@@ -326,11 +369,43 @@ class LiveDisplay:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._live.stop()
+        if exc is not None and not self._ended:
+            if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+                self.conclude("interrupted")
+            else:
+                self.conclude("stopped by an error", TaskStatus.FAILED)
+        self._live.stop()  # draws the last frame, once
+
+    def conclude(self, message: str, status: TaskStatus | None = None) -> None:
+        """End the display before the task ended: `message` takes the status's place (e.g.
+        "interrupted: cancelled task …"), with the mark of `status` (none: a yellow square),
+        and the partial output line goes. Drawn at the next refresh, or as the last frame."""
+        self._ended = True
+        self._partial.text = None
+        self._bar.update(
+            self._row,
+            status=neutralise(message),
+            outcome=_OUTCOME_STYLES.get(status, _STOPPED) if status is not None else _STOPPED,
+            took=time.monotonic() - self._started,
+        )
 
     def refresh(self) -> None:
         """Redraw now (the display also redraws itself ten times a second)."""
         self._live.refresh()
+
+    def connection(self, event: ConnectionEvent) -> None:
+        """Show a reconnect in the status column (attempt and wait) until the stream is
+        connected again; give it as `StreamingOptions(on_connection=display.connection)`."""
+        if self._ended:
+            return
+        if event.state == "reconnecting":
+            wait = f" in {event.delay:.1f}s" if event.delay is not None else ""
+            status = f"reconnecting{wait} (attempt {event.attempt})"
+        elif event.state == "connected":
+            status = self._status
+        else:
+            status = "connection lost"
+        self._bar.update(self._row, status=status)
 
     def show(self, update: TaskUpdate) -> None:
         """Fold one update into the display."""
@@ -338,18 +413,19 @@ class LiveDisplay:
 
         if update.id != self._task_id:
             self._task_id = update.id
-            self._console.print(Text(f"task {update.id}", style="dim"))
+            self._console.print(Text(f"task {neutralise(update.id)}", style="dim"))
         for line in update.logs:
-            self._console.print(Text(line), soft_wrap=True)
-        fields: dict[str, Any] = {}
+            self._console.print(Text(neutralise(line)), soft_wrap=True)
         if update.status is not TaskStatus.UNKNOWN:
-            fields["status"] = status_text(update)
+            self._status = status_text(update)
+        fields: dict[str, Any] = {"status": self._status}  # also ends a "reconnecting"
         progress = _known(update.progress)
         if progress is not None:
             fields.update(total=progress.total, completed=progress.current, steps=True)
         if update.partial_output is not None:
             self._partial.text = compact_json(update.partial_output)
         if update.status.is_terminal:
+            self._ended = True
             self._partial.text = None
             fields["outcome"] = _OUTCOME_STYLES.get(update.status, ("■", "yellow"))
             fields["took"] = time.monotonic() - self._started
@@ -362,6 +438,67 @@ class LiveDisplay:
         # Drawn by the live display's own refresh (10 per second), not once per update: a
         # chatty task must not pay for a redraw per line.
         self._bar.update(self._row, **fields)
+
+
+# -- in a Jupyter notebook -------------------------------------------------------------------------
+
+
+class NotebookDisplay:
+    """`track` in a Jupyter notebook: one output redrawn in place (status, bar, partial output)
+    and, written below it as plain text, what the terminal display prints above its bar (the
+    task id and the log lines), which the notebook gathers into one text block.
+
+    The terminal display keeps the state, drawing on a console that only collects its lines;
+    a `NotebookRegion` shows its bar (at most ten redraws a second, and a last one at the end).
+    """
+
+    def __init__(self, console: Console, *, transient: bool = False) -> None:
+        from io import StringIO
+
+        from rich.console import Console
+
+        self._lines = StringIO()
+        lines = Console(
+            file=self._lines,
+            width=console.width,
+            color_system=None,
+            force_terminal=False,
+            force_jupyter=False,
+        )
+        self._state = LiveDisplay(lines, transient=transient)
+        self._region = NotebookRegion(
+            self._state._live.get_renderable(), width=console.width, transient=transient
+        )
+
+    def __enter__(self) -> Self:
+        self._region.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self._state.__exit__(exc_type, exc, tb)  # its last state (never started: no output)
+            self._write_lines()
+        finally:
+            self._region.stop()
+            sys.stdout.flush()
+
+    def show(self, update: TaskUpdate) -> None:
+        """Fold one update into the display."""
+        self._state.show(update)
+        self._write_lines()
+        self._region.invalidate()
+
+    def _write_lines(self) -> None:
+        lines = self._lines.getvalue()
+        if lines:
+            self._lines.seek(0)
+            self._lines.truncate()
+            sys.stdout.write(lines)
 
 
 # -- a batch of tasks ------------------------------------------------------------------------------
@@ -425,9 +562,15 @@ class BatchDisplay:
         self._progress: BatchProgress | None = None
         self._ended = False
         self._spinner = Spinner("dots", style="progress.spinner")
-        self._live: Live = Live(
-            _BatchView(self), console=self._console, transient=transient, refresh_per_second=10
-        )
+        self._live: Live | NotebookRegion
+        if in_notebook(self._console):  # one output redrawn in place, not one per refresh
+            self._live = NotebookRegion(
+                _BatchView(self), width=self._console.width, transient=transient
+            )
+        else:
+            self._live = Live(
+                _BatchView(self), console=self._console, transient=transient, refresh_per_second=10
+            )
 
     def __enter__(self) -> Self:
         self._live.start()
@@ -445,6 +588,8 @@ class BatchDisplay:
     def show(self, progress: BatchProgress) -> None:
         """Keep the batch's latest tally (drawn at the next refresh)."""
         self._progress = progress
+        if isinstance(self._live, NotebookRegion):
+            self._live.invalidate()
 
     def refresh(self) -> None:
         """Redraw now."""
@@ -534,7 +679,8 @@ class _BatchView:
     def __init__(self, display: BatchDisplay) -> None:
         self._display = display
 
-    def __rich_console__(
-        self, console: Console, options: ConsoleOptions
-    ) -> Iterator[RenderableType]:
-        yield from self._display._lines()
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        from rich.console import Group
+
+        # Two columns to spare, as `_Margin` explains.
+        yield from console.render(Group(*self._display._lines()), _narrower(options))

@@ -59,7 +59,8 @@ def test_run_local_json_prints_each_update_in_order(capsys: pytest.CaptureFixtur
         assert TaskStatus(line["status"]).code == line["status_code"]
         assert lines[0]["id"] == line["id"]
         assert {
-            "id", "status", "status_code", "logs", "progress", "partial_output", "output", "error"
+            "id", "status", "status_code", "logs", "progress", "partial_output", "output", "error",
+            "session_id",
         } == set(line)  # fmt: skip
     logs = [log for line in lines for log in line["logs"]]
     assert [f"step {n}/3: working on A sunset timelapse" for n in (1, 2, 3)] == logs

@@ -60,6 +60,16 @@ EXPECTED = [
     ('client.session("acme/upscaler"', r"\ATrue completed 3\n\Z"),
     ("client.run_many(configs, concurrency=2)", r"\A(\d ok\n){4}4 completed\n\Z"),
     ("emu.faults.drop_after = 3", r"'setting_up', 'running'.*'completed'\]\n([2-9]|\d\d+) stream"),
+    (
+        "on_connection=show",
+        r"(?s)\Atask task_\w+: connected\n.*: reconnect 1 in 0\.0\ds after "
+        r"StreamInterruptedError\n.*: connected\n.*completed connected\n\Z",
+    ),
+    (
+        "client.cancel(held",
+        r'\Acompleted 10 True\n\{"id": "task_\w+", "status": "completed", "status_code": 10, .*'
+        r'"session_id": null\}\n404 404\n\Z',
+    ),
 ]
 
 

@@ -18,10 +18,11 @@ if TYPE_CHECKING:
 
 __all__ = ["AgentFunction", "AppFunction", "EmulatorOptions", "Faults"]
 
-#: A local app: receives the task input and a context, returns the output.
 AppFunction = Callable[[dict[str, Any], "AppContext"], Awaitable[Any]]
-#: A local agent: receives the user's message text and a context, returns more answer text.
+"""A local app: receives the task input and a context, returns the output."""
+
 AgentFunction = Callable[[str, "AgentContext"], Awaitable[str | None]]
+"""A local agent: receives the user's message text and a context, returns more answer text."""
 
 
 def _non_negative(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:

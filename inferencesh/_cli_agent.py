@@ -1,0 +1,182 @@
+"""The `agent` command of the CLI: send one message to an agent and stream its answer.
+
+The answer is written as it arrives (thinking dimmed on a terminal; in a pipe only the answer
+goes to stdout, thinking and notes to stderr), every piece neutralised first. The CLI cannot
+run client tools: it answers each call with an error result, so the agent carries on. The chat's
+id goes to stderr (`chat: <id>`); `--chat ID` continues that chat. Exit codes: 0 answered, 1
+the run failed, 2 usage errors, 130 Ctrl-C (the run is stopped first), 141 stdout's reader went
+away (likewise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import TYPE_CHECKING
+
+from ._agent import AsyncAgent, MessageEvent, ToolCall
+from ._async_client import AsyncInference
+from ._cli_run import (
+    FAILED,
+    INTERRUPTED,
+    OK,
+    _client,
+    _Interrupted,
+    _Interrupts,
+    _live_console,
+    _need_rich,
+    _NeedRich,
+    _say,
+    _target,
+    _Usage,
+    _usage,
+)
+from ._exceptions import InferenceshError, UsageError
+from ._terminal import OUTPUT_CLOSED, OutputClosed, neutralise, write_err, write_out
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["agent_command", "rejection"]
+
+
+def rejection(name: str) -> str:
+    """The tool result the CLI sends for a client tool it cannot run."""
+    return f"error: the inferencesh CLI cannot run client tool '{name}'"
+
+
+class _ChatWriter:
+    """Writes an agent's answer as it streams: the text, thinking dimmed, notes in yellow.
+
+    Without a console (stdout is not a terminal) the answer goes to stdout and thinking and
+    notes to stderr, so a pipe receives only the answer. Every piece is neutralised first.
+    """
+
+    def __init__(self, console: Console | None) -> None:
+        self._console = console
+        self._kind: str | None = None  # what the current line holds: "text" or "thinking"
+        self.wrote_text = False
+
+    def _write(self, text: str, kind: str) -> None:
+        text = neutralise(text)
+        if self._console is not None:
+            from rich.text import Text
+
+            style = "dim italic" if kind == "thinking" else ""
+            if kind == "note":
+                style = "yellow"
+            self._console.print(Text(text, style=style), end="", soft_wrap=True)
+            return
+        if kind == "text":
+            write_out(text)
+        else:
+            write_err(text)
+
+    def _switch(self, kind: str) -> None:
+        if self._kind is not None and self._kind != kind:
+            self._write("\n", self._kind)
+            self._kind = None
+        if self._kind is None and kind == "thinking" and self._console is None:
+            self._write("[thinking] ", kind)
+        self._kind = kind
+
+    def message(self, event: MessageEvent) -> None:
+        """A piece of text or thinking."""
+        self._switch(event.type)
+        self._write(event.content, event.type)
+        if event.type == "text":
+            self.wrote_text = True
+
+    def note(self, text: str) -> None:
+        """A line of its own, between pieces of the answer."""
+        self.end()
+        self._write(f"[{text}]\n", "note")
+
+    def end(self) -> None:
+        """End the current line, if one is open."""
+        if self._kind is not None:
+            self._write("\n", self._kind)
+            self._kind = None
+
+
+def agent_command(args: argparse.Namespace) -> int:
+    """`inferencesh agent REF MESSAGE [--chat ID]`: send one message and stream the answer;
+    the chat's id goes to stderr (`chat: <id>`), to continue it with `--chat`."""
+    try:
+        console = _live_console()
+        with _target(args) as (base_url, api_key):
+            client = _client(base_url, api_key)
+            return asyncio.run(_chat(args, client, _ChatWriter(console)))
+    except _Usage as exc:
+        return _usage(args, str(exc))
+    except _NeedRich:
+        return _need_rich(args, "pipe the output")
+    except KeyboardInterrupt:
+        _say(args, "interrupted")
+        return INTERRUPTED
+
+
+async def _chat(args: argparse.Namespace, client: AsyncInference, writer: _ChatWriter) -> int:
+    async with client:
+        try:
+            agent = client.agent(args.ref, chat_id=args.chat)
+        except UsageError as exc:
+            raise _Usage(str(exc)) from None
+        code = await _send(args, agent, writer)
+        # The chat used, to continue it with --chat; not after a failure in a chat the user
+        # named (which may not exist).
+        if agent.chat_id is not None and (code != FAILED or args.chat is None):
+            write_err(f"chat: {neutralise(agent.chat_id)}\n")
+        return code
+
+
+async def _send(args: argparse.Namespace, agent: AsyncAgent, writer: _ChatWriter) -> int:
+    async def on_tool_call(call: ToolCall) -> None:
+        writer.note(f"the agent called client tool '{call.name}', which the CLI cannot run")
+        await agent.submit_tool_result(call.id, rejection(call.name))
+
+    with _Interrupts() as interrupts:
+        try:
+            final = await interrupts.guard(
+                agent.send_message(
+                    args.message, on_message=writer.message, on_tool_call=on_tool_call
+                )
+            )
+        except (_Interrupted, OutputClosed) as exc:
+            writer.end()
+            return await _stop(args, agent, interrupts, closed=isinstance(exc, OutputClosed))
+        except InferenceshError as exc:
+            writer.end()
+            if isinstance(exc.__cause__, OutputClosed):  # closed while a tool note was written
+                return await _stop(args, agent, interrupts, closed=True)
+            _say(args, f"error: {exc}")
+            return FAILED
+    if not writer.wrote_text and final.text:
+        writer.message(MessageEvent("text", final.text, final.id))
+    writer.end()
+    return OK
+
+
+async def _stop(
+    args: argparse.Namespace, agent: AsyncAgent, interrupts: _Interrupts, *, closed: bool
+) -> int:
+    """Ctrl-C or a closed stdout: stop the chat's run (`send_message` has already done so when
+    one of its callbacks raised), say so, exit 130 (141 when `closed`)."""
+    why = "output closed" if closed else "interrupted"
+    code = OUTPUT_CLOSED if closed else INTERRUPTED
+    if agent.chat_id is None:
+        _say(args, f"{why} before the chat started")
+        return code
+    try:
+        await interrupts.guard(agent.stop())
+    except _Interrupted:
+        _say(args, f"{why} again; chat {agent.chat_id} may still be running")
+        return code
+    except InferenceshError as exc:
+        _say(args, f"could not stop chat {agent.chat_id}: {exc}")
+        return code
+    _say(
+        args,
+        f"stopped chat {agent.chat_id}" if not closed else f"{why}; stopped chat {agent.chat_id}",
+    )
+    return code

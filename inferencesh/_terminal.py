@@ -1,0 +1,124 @@
+"""What the CLI and the live display write to a terminal, made safe: one place for it.
+
+- `neutralise(text)` makes text from the server (log lines, statuses, errors, outputs, agent
+  text, tool names, ids) inert before it reaches a terminal: every C0 control character but
+  newline and tab, DEL, and every C1 control character (U+0080-U+009F, the 8-bit CSI U+009B
+  among them) becomes the four visible characters of its `\\xNN` escape. An escape sequence
+  (`ESC[2J` clears the screen, `ESC]0;...BEL` retitles the window), a carriage return that
+  would overwrite a line with fake text, and a bell are then shown for what they are instead
+  of acting. The escape is plain ASCII, so it survives any output encoding, and it names the
+  byte the server sent (U+FFFD would hide it).
+- `json_text(value)` is JSON for people to read (non-ASCII kept), with DEL and the C1 controls
+  escaped as `\\u00NN` too (`json.dumps` escapes only C0); `--json` lines are ASCII JSON.
+- `setup_streams()` makes stdout and stderr replace what their encoding cannot write (`?`),
+  so `PYTHONIOENCODING=cp1252` or a C locale never turns a `✓` into a `UnicodeEncodeError`.
+- `write_out(text)` writes to stdout and raises `OutputClosed` when its reader has gone (a
+  closed pipe, as in `inferencesh run ... | head -1`); `write_err(text)` writes to stderr and
+  stays quiet if that pipe is closed. Either way the closed stream is pointed at the null
+  device, so the interpreter's last flush does not fail again (Python's documented pattern
+  for `BrokenPipeError`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import sys
+from typing import Any, TextIO
+
+__all__ = [
+    "OUTPUT_CLOSED",
+    "OutputClosed",
+    "json_line",
+    "json_text",
+    "neutralise",
+    "setup_streams",
+    "silence",
+    "write_err",
+    "write_out",
+]
+
+# The exit status after a closed pipe: 128 + SIGPIPE (13), what a shell shows for a command
+# that SIGPIPE ended (written out: Windows has no SIGPIPE).
+OUTPUT_CLOSED = 141
+
+# C0 controls but tab (09) and newline (0A), DEL, and the C1 controls.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# What `json.dumps` leaves unescaped of those: DEL and C1 (it escapes C0 itself).
+_JSON_CONTROL = re.compile("[\x7f-\x9f]")
+
+
+def neutralise(text: str) -> str:
+    """`text` with its terminal control characters shown as `\\xNN` escapes instead of acting.
+
+    Newlines and tabs are kept. The result holds no control character, so neutralising it again
+    changes nothing. Apply it to every string the server controls before a terminal gets it.
+    """
+    if _CONTROL.search(text) is None:  # the common case: one scan, no copy
+        return text
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+def json_text(value: Any, *, indent: int | None = None) -> str:
+    """`value` as JSON for a terminal: non-ASCII text kept, every control character escaped."""
+    text = json.dumps(value, indent=indent, ensure_ascii=False, default=str)
+    return _JSON_CONTROL.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def json_line(value: Any) -> str:
+    """`value` as one `--json` line: ASCII only, so no control character and no encoding issue."""
+    return json.dumps(value, default=str)
+
+
+class OutputClosed(Exception):
+    """Stdout's reader has gone (a closed pipe): the command stops as if interrupted."""
+
+
+def setup_streams() -> None:
+    """Make stdout and stderr replace the characters their encoding cannot write.
+
+    Their encoding is kept. Streams that are not text files (replaced by a test harness, or
+    None under pythonw) are left alone.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors != "replace":
+            with contextlib.suppress(ValueError):  # a closed stream: nothing will be written
+                stream.reconfigure(errors="replace")
+
+
+def silence(stream: TextIO | None) -> None:
+    """Point `stream`'s file descriptor at the null device, so that what it still holds (and
+    the interpreter's flush at exit) goes nowhere instead of failing with `BrokenPipeError`."""
+    if stream is None:
+        return
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # no descriptor (a test's capture): nothing to redirect
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+def write_out(text: str) -> None:
+    """Write `text` to stdout and flush; `OutputClosed` if its reader has gone."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        silence(sys.stdout)
+        raise OutputClosed from None
+
+
+def write_err(text: str) -> None:
+    """Write `text` to stderr and flush; nothing happens if its reader has gone."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except BrokenPipeError:
+        silence(sys.stderr)
