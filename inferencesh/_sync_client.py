@@ -30,10 +30,9 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from concurrent.futures import CancelledError, Future
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal, Self, TypeVar, overload
+from typing import IO, Any, Generic, Literal, Self, TypeVar, cast, overload
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
@@ -72,6 +71,75 @@ _orphans: list[object] = []
 
 class _Closed(Exception):
     """The client was closed while a call was waiting on its loop."""
+
+
+class _Pending(Generic[T]):
+    """Work handed to the client's loop thread (`Inference._start`), and its outcome.
+
+    The thread that waits for it blocks on a lock of its own, which the work releases when it
+    ends, and cancels it through `call_soon_threadsafe`: it never takes a lock that the loop
+    thread takes too. A `concurrent.futures.Future` shares its Condition with the loop thread,
+    and a KeyboardInterrupt raised just after the waiter acquired that lock (inside the
+    Condition's Python `__enter__`, before the `with` block) leaves it held, so the loop thread
+    blocks on it for good: seen on Python 3.13 with a signal handler raising at random
+    instants. Everything but `_done` is written on the loop thread only.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, work: Callable[[], Awaitable[T]]) -> None:
+        self._loop = loop
+        self._work = work
+        self._done = threading.Lock()
+        self._done.acquire()  # released by the loop thread once the outcome is set
+        self._task: asyncio.Task[None] | None = None
+        self._cancelled = False
+        self._value: T | None = None
+        self._error: BaseException | None = None
+
+    def start(self, running: set[asyncio.Task[None]]) -> None:
+        """On the loop thread: start the work as a task kept in `running` while it runs."""
+        if self._cancelled:  # cancelled before it could start
+            self._error = asyncio.CancelledError()
+            self._done.release()
+            return
+        self._task = task = self._loop.create_task(self._run())
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    async def _run(self) -> None:
+        try:
+            self._value = await self._work()
+        except BaseException as exc:  # cancellation too: it is the outcome, as in anyio's portal
+            self._error = exc
+            if not isinstance(exc, Exception | asyncio.CancelledError):
+                raise  # SystemExit or KeyboardInterrupt on the loop thread goes on up as well
+        finally:
+            self._done.release()
+
+    def wait(self) -> T:
+        """The work's result, or its exception raised here; `_Closed` when it was cancelled
+        (the client was closed under it). Leaving by any other exception, Ctrl-C included,
+        cancels the work."""
+        try:
+            self._done.acquire()
+        except BaseException:
+            self.cancel()
+            raise
+        if self._error is None:
+            return cast(T, self._value)
+        if isinstance(self._error, asyncio.CancelledError):
+            raise _Closed from None
+        raise self._error
+
+    def cancel(self) -> None:
+        """Cancel the work once, as asyncio does (its clean-up still runs), from any thread;
+        nothing when the loop is gone (closing the client ended the work)."""
+        _to_loop(self._loop, self._cancel)
+
+    def _cancel(self) -> None:
+        if self._task is None:
+            self._cancelled = True  # `start` is still to run, after this: it will not start
+        else:
+            self._task.cancel()
 
 
 class SyncStream(Iterator[T]):
@@ -132,7 +200,7 @@ def _iterate(
     try:
         while True:
             try:
-                batch = client._wait(client._start(reader.next_batch, _SYNC_BATCH))
+                batch = client._start(reader.next_batch, _SYNC_BATCH).wait()
             except _Closed:
                 return  # the client was closed while this thread waited (or at exit)
             except UsageError:
@@ -206,7 +274,9 @@ class Inference:
         self._lock = threading.Lock()
         self._portal_cm: contextlib.AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
+        self._running: set[asyncio.Task[None]] = set()  # the work on the loop (its thread's own)
         self._closed = False
         _live_clients.add(self)
 
@@ -230,7 +300,9 @@ class Inference:
 
     # -- the loop thread ----------------------------------------------------------------------
 
-    def _get_portal(self) -> BlockingPortal:
+    def _start(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> _Pending[T]:
+        """Start `fn(*args, **kwargs)` on the loop (started on first use); wait with `.wait()`.
+        Under the lock, so that `close` cancels all the work started before it."""
         with self._lock:
             if self._closed:
                 raise UsageError("the client is closed; create a new one")
@@ -238,31 +310,16 @@ class Inference:
                 cm = start_blocking_portal("asyncio", name="inferencesh-loop")
                 self._portal = cm.__enter__()
                 self._portal_cm = cm
+                self._loop = self._portal.call(asyncio.get_running_loop)
                 self._loop_thread = self._portal.call(threading.get_ident)
-            return self._portal
-
-    def _start(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> Future[T]:
-        portal = self._get_portal()
-        try:
-            return portal.start_task_soon(_bind(fn, *args, **kwargs))
-        except RuntimeError:  # the portal stopped between the check above and now
-            raise UsageError("the client is closed; create a new one") from None
-
-    @staticmethod
-    def _wait(future: Future[T]) -> T:
-        """The result of work started on the loop. Raises `_Closed` when the client was closed
-        under it; any other exit (Ctrl-C included) cancels the work."""
-        try:
-            return future.result()
-        except CancelledError:
-            raise _Closed from None
-        except BaseException:
-            future.cancel()
-            raise
+            assert self._loop is not None
+            pending = _Pending(self._loop, _bind(fn, *args, **kwargs))
+            self._loop.call_soon_threadsafe(pending.start, self._running)
+            return pending
 
     def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         try:
-            return self._wait(self._start(fn, *args, **kwargs))
+            return self._start(fn, *args, **kwargs).wait()
         except _Closed:
             raise UsageError("the client was closed while the call was running") from None
 
@@ -273,7 +330,7 @@ class Inference:
         if portal is None or self._closed or threading.get_ident() == self._loop_thread:
             return
         with contextlib.suppress(UsageError, _Closed):  # closed meanwhile: nothing left to do
-            self._wait(self._start(fn))
+            self._start(fn).wait()
 
     def _relay(
         self, fn: Callable[..., Awaitable[T]], *args: Any, **callbacks: Callable[[Any], Any] | None
@@ -294,10 +351,7 @@ class Inference:
 
             return call
 
-        running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any] | None]] = []
-
         async def run() -> T:
-            running.append((asyncio.get_running_loop(), asyncio.current_task()))
             try:
                 return await fn(*args, **{name: relayed(cb) for name, cb in callbacks.items()})
             finally:
@@ -311,12 +365,9 @@ class Inference:
                 interrupted = _answer(*request)
         except BaseException:
             # Ctrl-C while waiting: stop the work, and let it finish what it must (stop the
-            # agent's run) before this thread goes on. The task is cancelled once, as asyncio
-            # does, so its clean-up runs; cancelling `done` would cancel that clean-up too.
-            if running and running[0][1] is not None:
-                _to_loop(running[0][0], running[0][1].cancel)
-            else:
-                done.cancel()
+            # agent's run) before this thread goes on: it is cancelled once, so its clean-up
+            # runs.
+            done.cancel()
             _drain(requests, cleanup)
             raise
         if interrupted is not None:
@@ -324,7 +375,7 @@ class Inference:
             _drain(requests, cleanup)
             raise interrupted
         try:
-            return self._wait(done)
+            return done.wait()
         except _Closed:
             raise UsageError("the client was closed while the call was running") from None
 
@@ -342,9 +393,17 @@ class Inference:
             portal.call(self._async.aclose)
             # Cancel anything still running on the loop: calls and streams waiting in other
             # threads then end (a stream stops; a call raises UsageError).
+            portal.call(self._cancel_running)
             portal.call(portal.stop, True)
         finally:
             cm.__exit__(None, None, None)
+
+    async def _cancel_running(self) -> None:
+        """On the loop: cancel the work started by `_start` and wait until it has ended."""
+        tasks = list(self._running)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     @property
     def closed(self) -> bool:
@@ -367,7 +426,8 @@ class Inference:
         _orphans.extend([self._async, self._portal, self._portal_cm])
         self._lock = threading.Lock()
         self._portal = self._portal_cm = None
-        self._loop_thread = None
+        self._loop = self._loop_thread = None
+        self._running = set()
         self._async = self._make_async()
 
     # -- operations ---------------------------------------------------------------------------
