@@ -6,15 +6,29 @@ run client tools: it answers each call with an error result, so the agent carrie
 id goes to stderr (`chat: <id>`); `--chat ID` continues that chat. Exit codes: 0 answered, 1
 the run failed, 2 usage errors, 130 Ctrl-C (the run is stopped first), 141 stdout's reader went
 away (likewise).
+
+The command reads the answer from `AsyncAgent.stream` rather than `send_message`, which stops
+the run itself when it ends early: here `_stop` alone decides about stopping the run, so one
+request stops it and the line on stderr can say whether it did.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from ._agent import AsyncAgent, MessageEvent, ToolCall
+from ._agent import (
+    AgentEvent,
+    AsyncAgent,
+    ChatMessage,
+    MessageEvent,
+    ToolCall,
+    dispatch,
+    require_final,
+)
 from ._async_client import AsyncInference
 from ._cli_run import (
     FAILED,
@@ -27,12 +41,14 @@ from ._cli_run import (
     _need_rich,
     _NeedRich,
     _say,
+    _stopped,
     _target,
     _Usage,
     _usage,
 )
 from ._exceptions import InferenceshError, UsageError
-from ._terminal import OUTPUT_CLOSED, OutputClosed, neutralise, write_err, write_out
+from ._stream import ItemStream
+from ._terminal import OutputClosed, neutralise, one_line, write_err, write_out
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -49,7 +65,8 @@ class _ChatWriter:
     """Writes an agent's answer as it streams: the text, thinking dimmed, notes in yellow.
 
     Without a console (stdout is not a terminal) the answer goes to stdout and thinking and
-    notes to stderr, so a pipe receives only the answer. Every piece is neutralised first.
+    notes to stderr, so a pipe receives only the answer. Every piece is neutralised first (the
+    answer keeps its newlines; a note is one line).
     """
 
     def __init__(self, console: Console | None) -> None:
@@ -90,7 +107,7 @@ class _ChatWriter:
     def note(self, text: str) -> None:
         """A line of its own, between pieces of the answer."""
         self.end()
-        self._write(f"[{text}]\n", "note")
+        self._write(f"[{one_line(text)}]\n", "note")
 
     def end(self) -> None:
         """End the current line, if one is open."""
@@ -126,7 +143,7 @@ async def _chat(args: argparse.Namespace, client: AsyncInference, writer: _ChatW
         # The chat used, to continue it with --chat; not after a failure in a chat the user
         # named (which may not exist).
         if agent.chat_id is not None and (code != FAILED or args.chat is None):
-            write_err(f"chat: {neutralise(agent.chat_id)}\n")
+            write_err(f"chat: {one_line(agent.chat_id)}\n")
         return code
 
 
@@ -135,35 +152,60 @@ async def _send(args: argparse.Namespace, agent: AsyncAgent, writer: _ChatWriter
         writer.note(f"the agent called client tool '{call.name}', which the CLI cannot run")
         await agent.submit_tool_result(call.id, rejection(call.name))
 
+    events = agent.stream(args.message)
     with _Interrupts() as interrupts:
         try:
-            final = await interrupts.guard(
-                agent.send_message(
-                    args.message, on_message=writer.message, on_tool_call=on_tool_call
-                )
-            )
-        except (_Interrupted, OutputClosed) as exc:
+            final = await interrupts.guard(_answer(agent, events, writer, on_tool_call))
+        except (_Interrupted, OutputClosed, InferenceshError) as exc:
             writer.end()
-            return await _stop(args, agent, interrupts, closed=isinstance(exc, OutputClosed))
-        except InferenceshError as exc:
-            writer.end()
-            if isinstance(exc.__cause__, OutputClosed):  # closed while a tool note was written
-                return await _stop(args, agent, interrupts, closed=True)
-            _say(args, f"error: {exc}")
-            return FAILED
+            return await _stop(args, agent, events, interrupts, exc)
     if not writer.wrote_text and final.text:
         writer.message(MessageEvent("text", final.text, final.id))
     writer.end()
     return OK
 
 
+async def _answer(
+    agent: AsyncAgent,
+    events: ItemStream[AgentEvent],
+    writer: _ChatWriter,
+    on_tool_call: Callable[[ToolCall], Awaitable[None]],
+) -> ChatMessage:
+    """`send_message` without its stop: each event to the writer or the tool handler, the
+    final message returned, the stream closed however this ends."""
+    final = None
+    async with events:
+        async for event in events:
+            if isinstance(event, ChatMessage):
+                final = event
+            else:
+                await dispatch(event, writer.message, on_tool_call)
+    return require_final(final, agent.chat_id)
+
+
 async def _stop(
-    args: argparse.Namespace, agent: AsyncAgent, interrupts: _Interrupts, *, closed: bool
+    args: argparse.Namespace,
+    agent: AsyncAgent,
+    events: ItemStream[AgentEvent],
+    interrupts: _Interrupts,
+    exc: BaseException,
 ) -> int:
-    """Ctrl-C or a closed stdout: stop the chat's run (`send_message` has already done so when
-    one of its callbacks raised), say so, exit 130 (141 when `closed`)."""
-    why = "output closed" if closed else "interrupted"
-    code = OUTPUT_CLOSED if closed else INTERRUPTED
+    """The answer ended early (`exc`): the one place that stops the chat's run, and says so.
+
+    Ctrl-C, or stdout's reader gone (also while a tool note was written): stop the run of the
+    chat, if there is one (with `--chat` there is, and the message may have started a run even
+    if its POST never answered), and say what became of it; exit 130 (141 when closed). Any
+    other failure: say it, then stop the run, quietly, if the message was accepted (the chat
+    must not wait for a client that has gone, e.g. for a tool result it could not send); exit 1.
+    """
+    closed = isinstance(exc, OutputClosed) or isinstance(exc.__cause__, OutputClosed)
+    if isinstance(exc, InferenceshError) and not closed:
+        _say(args, f"error: {exc}")
+        if events.reader.codec is not None:  # the POST answered: a run that may go on
+            with contextlib.suppress(_Interrupted, InferenceshError):
+                await interrupts.guard(agent.stop())
+        return FAILED
+    why, code = _stopped(closed)
     if agent.chat_id is None:
         _say(args, f"{why} before the chat started")
         return code
@@ -172,11 +214,9 @@ async def _stop(
     except _Interrupted:
         _say(args, f"{why} again; chat {agent.chat_id} may still be running")
         return code
-    except InferenceshError as exc:
-        _say(args, f"could not stop chat {agent.chat_id}: {exc}")
+    except InferenceshError as error:
+        _say(args, f"{why}; could not stop chat {agent.chat_id}: {error}")
         return code
-    _say(
-        args,
-        f"stopped chat {agent.chat_id}" if not closed else f"{why}; stopped chat {agent.chat_id}",
-    )
+    stopped = f"stopped chat {agent.chat_id}"
+    _say(args, f"{why}; {stopped}" if closed else stopped)  # Ctrl-C: the line it always was
     return code

@@ -21,6 +21,11 @@ kept to the POST itself: the state is committed just before the request is sent 
 soon as its answer arrives; on Ctrl-C the run stops sending new inputs and waits (bounded) for
 the answers of the POSTs on their way before it stops.
 
+The results file is UTF-8 JSON Lines (non-ASCII text as it is, every control character and
+U+2028/U+2029 escaped, so `cat` cannot act on a terminal and each line is one line); without a
+live display, stdout gets the same lines as ASCII JSON (`\\u` escapes), which survive whatever
+encoding stdout has: the two parse to the same values but are not byte for byte the same.
+
 The results file is append-only and fsynced line by line; a line is written before its input
 is marked `finished`, and a rerun first cuts a partial last line (a crash mid-write) and marks
 `finished` every input whose line is already there (a crash between the two), so each input's
@@ -60,6 +65,7 @@ from ._cli_run import (
     _need_rich,
     _NeedRich,
     _say,
+    _stopped,
     _target,
     _Usage,
     _usage,
@@ -68,7 +74,7 @@ from ._cli_run import (
 from ._events import TaskUpdate
 from ._exceptions import InferenceshError, NotFoundError, UsageError
 from ._status import TaskStatus
-from ._terminal import OUTPUT_CLOSED, OutputClosed, json_line, write_out
+from ._terminal import OutputClosed, json_line, json_text, write_out
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -254,16 +260,14 @@ class _Results:
                          "pass another --out")  # fmt: skip
         return index, _Written(line["status"], _line_ok(line))
 
-    def append(self, line: Mapping[str, Any]) -> str:
-        """Write one line and make it durable; returns the line as written."""
-        text = json.dumps(line, ensure_ascii=False, default=str)
-        data = (text + "\n").encode("utf-8")
+    def append(self, line: Mapping[str, Any]) -> None:
+        """Write one line (UTF-8 JSON, control characters escaped) and make it durable."""
+        data = (json_text(line) + "\n").encode("utf-8")
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
         os.fsync(self._fd)
-        return text
 
 
 def _lock(fd: int) -> None:
@@ -679,7 +683,7 @@ class _Run:
         between the two is healed by the next run's `reconcile`, never written twice."""
         self.results.append(line)
         self.journal.finished(line["index"], line["status"], _line_ok(line))
-        if self.console is None:  # ASCII JSON: no control character reaches a terminal
+        if self.console is None:  # ASCII JSON: no control character, any stdout encoding
             write_out(json_line(line) + "\n")
 
     async def finish_downloads(self) -> None:
@@ -832,10 +836,10 @@ def _report(
             what = f"cancelled {len(running)} running tasks (a rerun starts their inputs again)"
         else:
             what = "no task was running"
-        why = "output closed" if closed else "interrupted"
+        why, code = _stopped(closed)
         _say(args, f"{why}: {done} of {total} inputs done; {what}; run the same "
              "command to go on")  # fmt: skip
-        return OUTPUT_CLOSED if closed else INTERRUPTED
+        return code
     counts = ", ".join(f"{count} {status}" for status, count in sorted(by_status.items()))
     _say(args, f"{done} of {total} inputs done ({counts or 'none'}); results in {run.results.path}")
     if done < total:

@@ -8,8 +8,9 @@ the live display needs rich. `attach` shows an existing task's stream the same w
 cancels the task `run` started; `attach` leaves it running unless `--cancel`), 141 stdout's
 reader went away (a closed pipe: handled as Ctrl-C is, quietly).
 
-Everything the server controls passes through `inferencesh._terminal.neutralise` (or is ASCII
-JSON) before it is written, so escape sequences in logs or outputs cannot act on the terminal.
+Everything the server controls passes through `inferencesh._terminal.one_line` (or `neutralise`
+where several lines are the point, or is JSON) before it is written, so escape sequences in logs
+or outputs cannot act on the terminal, and a newline in an error cannot forge a line on stderr.
 """
 
 from __future__ import annotations
@@ -37,12 +38,12 @@ from ._terminal import (
     OutputClosed,
     json_line,
     json_text,
-    neutralise,
+    one_line,
     write_err,
     write_out,
 )
 from ._wire import json_kind
-from .progress import INSTALL_HINT, PlainDisplay, require_rich
+from .progress import INSTALL_HINT, PlainDisplay, reconnect_text, require_rich
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -54,7 +55,6 @@ __all__ = [
     "cancel_command",
     "get_command",
     "run_command",
-    "update_to_json",
 ]
 
 T = TypeVar("T")
@@ -73,13 +73,20 @@ class _Usage(Exception):
 def _usage(args: argparse.Namespace, message: str) -> int:
     parser: argparse.ArgumentParser = args.parser
     write_err(parser.format_usage())
-    write_err(f"{parser.prog}: error: {neutralise(message)}\n")
+    write_err(f"{parser.prog}: error: {one_line(message)}\n")
     return USAGE
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
-    """One line on stderr, `<prog>: message`, made safe for a terminal."""
-    write_err(f"{args.parser.prog}: {neutralise(message)}\n")
+    """One line on stderr, `<prog>: message`, made safe for a terminal: one line whatever the
+    message holds (a newline in it is shown as `\\x0a`)."""
+    write_err(f"{args.parser.prog}: {one_line(message)}\n")
+
+
+def _stopped(closed: bool) -> tuple[str, int]:
+    """Why a command stopped early, as its lines on stderr say it, and its exit status:
+    stdout's reader went away (`closed`: "output closed", 141) or Ctrl-C ("interrupted", 130)."""
+    return ("output closed", OUTPUT_CLOSED) if closed else ("interrupted", INTERRUPTED)
 
 
 def _line(text: str) -> None:
@@ -228,11 +235,6 @@ def _need_rich(args: argparse.Namespace, alternative: str) -> int:
 # -- run ------------------------------------------------------------------------------------------
 
 
-def update_to_json(update: TaskUpdate) -> dict[str, Any]:
-    """One update as the `--json` line: its `to_dict()`, the one JSON form of an update."""
-    return update.to_dict()
-
-
 def run_command(args: argparse.Namespace) -> int:
     """`inferencesh run APP`: create a task and show it until it ends."""
     try:
@@ -288,8 +290,7 @@ class _Reconnects:
         if self.live is not None:
             self.live.connection(event)
         elif event.state == "reconnecting":
-            wait = f" in {event.delay:.1f}s" if event.delay is not None else ""
-            _say(self._args, f"reconnecting{wait} (attempt {event.attempt}): {event.cause}")
+            _say(self._args, f"{reconnect_text(event)}: {event.cause}")
 
 
 @contextlib.contextmanager
@@ -345,12 +346,10 @@ async def _follow(
             if status == OK and args.download is not None and last is not None:
                 try:
                     await interrupts.guard(_download(args, client, last, console))
-                except _Interrupted:
-                    _say(args, "interrupted; the files not saved yet were left out")
-                    return INTERRUPTED
-                except OutputClosed:
-                    _say(args, "output closed; the files not saved yet were left out")
-                    return OUTPUT_CLOSED
+                except (_Interrupted, OutputClosed) as exc:
+                    why, code = _stopped(isinstance(exc, OutputClosed))
+                    _say(args, f"{why}; the files not saved yet were left out")
+                    return code
                 except UsageError as exc:
                     raise _Usage(str(exc)) from None
                 except InferenceshError as exc:
@@ -378,7 +377,7 @@ async def _download(
             if args.json:
                 _line(json_line({"saved": str(path), "uri": file.uri}))
             else:
-                _line(f"saved {neutralise(str(path))}")
+                _line(f"saved {one_line(str(path))}")
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
@@ -391,13 +390,13 @@ async def _download(
     with Progress(*columns, console=console) as bars:
         for file in files:
             name = file.filename or file.uri.rsplit("/", 1)[-1]
-            bar = bars.add_task(neutralise(name), total=file.size)
+            bar = bars.add_task(one_line(name), total=file.size)
 
             def moved(state: TransferProgress, bar: Any = bar) -> None:
                 bars.update(bar, completed=state.done, total=state.total)
 
             path = await client.download(file, folder, progress=moved)
-            bars.update(bar, description=neutralise(str(path)))
+            bars.update(bar, description=one_line(str(path)))
 
 
 async def _show(
@@ -406,7 +405,7 @@ async def _show(
     last = None
     if args.json:
         async for update in stream:
-            _line(json_line(update_to_json(update)))
+            _line(json_line(update.to_dict()))
             last = update
     elif live is None:
         with PlainDisplay(_line) as display:
@@ -467,8 +466,7 @@ async def _leave(
     (`cancel`) or leave it running. One line on stderr says which, with the task's id; the live
     display's last frame says it too, in short (the id is above it). Exit 130 (141 when
     `closed`)."""
-    why = "output closed" if closed else "interrupted"
-    code = OUTPUT_CLOSED if closed else INTERRUPTED
+    why, code = _stopped(closed)
 
     def end(frame: str, line: str, status: TaskStatus | None = None) -> int:
         _say(args, line)  # while the display runs, rich prints it above the display
@@ -546,7 +544,7 @@ async def _get(args: argparse.Namespace, client: AsyncInference, interrupts: _In
     when it completed) or one JSON object; exit 0 whatever its status, since it was read."""
     update = await interrupts.guard(client.get_task(args.task_id))
     if args.json:
-        _line(json_line(update_to_json(update)))
+        _line(json_line(update.to_dict()))
         return OK
     with PlainDisplay(_line) as display:
         display.show(update)

@@ -17,9 +17,11 @@ class ConnectionEvent:
 
     `connected`: a connection is open (again). `reconnecting`: the connection dropped or
     could not be opened, and the stream waits `delay` seconds before the next attempt.
-    `gave_up`: the stream stops trying; its error is raised next (`RetriesExhaustedError`, or
-    the server's own when it asked for a longer wait than `max_retry_after` or gave an answer
-    no retry can change, such as 404).
+    `gave_up`: the stream stops trying; its error, the `cause`, is raised next:
+    `RetriesExhaustedError`; the server's own when it asked for a longer wait than
+    `max_retry_after` or gave an answer no retry can change, such as 404; `TaskTimeoutError`
+    when `total_timeout` passes (a wait for the next attempt included); `EventGapError` when
+    the server skipped events and a fresh connection sends no snapshot to heal from.
     """
 
     state: ConnectionState

@@ -136,10 +136,13 @@ class TaskUpdate(MappingReads):
     has completed. `raw` is the payload as received, for fields this class does not name.
 
     Dict-style reads are typed for the fields: `update["status"]` is a `TaskStatus`,
-    `update.get("logs")` a tuple of strings. As with a TypedDict's optional keys,
-    `update["progress"]` is typed `Progress` and `update.get("progress")` `Progress | None`:
-    check the `get` (or `update.progress`) first, as it is None while the task reports none.
-    Other keys read the raw payload and are typed `Any`.
+    `update.get("logs")` a tuple of strings. `update["progress"]` is typed `Progress`, what
+    it holds when the task reports progress, so that the streaming reference's
+    `if update.get("progress"): update["progress"]["current"]` type-checks; at run time it is
+    None (never a KeyError) while the task reports none, which `update.get("progress")`
+    (typed `Progress | None`) or `update.progress` tells. `update["session_id"]` is typed
+    `str` and `update.get("session_id")` `str | None` the same way. Other keys read the raw
+    payload and are typed `Any`.
     """
 
     id: str

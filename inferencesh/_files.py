@@ -36,7 +36,7 @@ from ._exceptions import (
 )
 from ._retry import may_retry, retry_delay
 from ._streaming import StreamingOptions
-from ._transport import Transport
+from ._transport import Transport, masked, shown
 from ._wire import preview
 
 __all__ = [
@@ -81,7 +81,7 @@ class File(MappingReads):
         """The file described by a file object of the API (`FileDTO`)."""
         uri = data.get("uri")
         if not isinstance(uri, str) or not uri:
-            raise ProtocolError(f"a file object without a uri: {preview(data)}")
+            raise ProtocolError(f"a file object without a uri: {masked(preview(data))}")
         size = data.get("size")
         return cls(
             uri=uri,
@@ -315,7 +315,7 @@ async def upload(
         "POST", "/files", json_body={"files": [description]}, timeout=timeout
     )
     if not isinstance(created, list) or not created or not isinstance(created[0], Mapping):
-        raise ProtocolError(f"POST /files answered {preview(created)}, not a list of files")
+        raise ProtocolError(f"POST /files answered {masked(preview(created))}, not a list of files")
     dto = created[0]
     upload_url = dto.get("upload_url")
     if not isinstance(upload_url, str) or not upload_url.startswith(("http://", "https://")):
@@ -471,7 +471,7 @@ async def download(
     """
     file = file_or_uri if isinstance(file_or_uri, File) else File(uri=file_or_uri)
     if not isinstance(file.uri, str) or not file.uri.startswith(("http://", "https://")):
-        raise UsageError(f"can only download http(s) URIs, got {preview(file.uri)}")
+        raise UsageError(f"can only download http(s) URIs, got {masked(preview(file.uri))}")
     target = _target(file, dest)
     partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
     state = _Received(target.name, file.size)
@@ -495,7 +495,7 @@ async def download(
                     await asyncio.sleep(delay)
         if state.total is not None and state.done != state.total:
             raise ProtocolError(
-                f"{file.uri} gave {state.done} bytes, not the {state.total} announced"
+                f"{_named(file)} gave {state.done} bytes, not the {state.total} announced"
             )
         os.replace(partial, target)
     except OSError as exc:  # the local side: a folder where the file goes, a full disk, ...
@@ -542,7 +542,7 @@ async def _fetch(
             start, whole = _content_range(resp.headers.get("Content-Range"))
             if start != state.done:
                 raise ProtocolError(
-                    f"{file.uri} answered a Range request from {start}, not {state.done}"
+                    f"{_named(file)} answered a Range request from {start}, not {state.done}"
                 )
             state.total = whole if whole is not None else state.total
         if not state.done:
@@ -550,7 +550,8 @@ async def _fetch(
             if length is not None and length.isdigit():
                 if state.total is not None and int(length) != state.total:
                     raise ProtocolError(
-                        f"{file.uri} is {length} bytes, not the {state.total} its file object says"
+                        f"{_named(file)} is {length} bytes, not the {state.total} its file object "
+                        "says"
                     )
                 state.total = int(length)
         await _report(progress, TransferProgress(state.name, state.done, state.total))
@@ -558,13 +559,22 @@ async def _fetch(
             out.write(chunk)
             state.done += len(chunk)
             if state.total is not None and state.done > state.total:
-                raise ProtocolError(f"{file.uri} sent more than the {state.total} bytes announced")
+                raise ProtocolError(
+                    f"{_named(file)} sent more than the {state.total} bytes announced"
+                )
             await _report(progress, TransferProgress(state.name, state.done, state.total))
         out.flush()
         if state.total is not None and state.done < state.total:
             raise StreamInterruptedError(
-                f"{file.uri} ended after {state.done} of {state.total} bytes"
+                f"{_named(file)} ended after {state.done} of {state.total} bytes"
             )
+
+
+def _named(file: File) -> str:
+    """How messages name a file being downloaded: its URI as `shown` shows it (a presigned URL
+    carries its signature in its path or query), with its name when it has one."""
+    where = shown(file.uri)
+    return f"{file.filename!r} ({where})" if file.filename else where
 
 
 def _content_range(value: str | None) -> tuple[int | None, int | None]:

@@ -45,7 +45,7 @@ def configure_from_environment() -> None:
                 f"{ENVIRONMENT_VARIABLE}={value!r:.40} is not one of debug, info, warning, "
                 "error; SDK logging stays off",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=_caller_level(),
             )
             return
         handler = logging.StreamHandler(sys.stderr)
@@ -54,3 +54,17 @@ def configure_from_environment() -> None:
         logger = logging.getLogger("inferencesh")
         logger.addHandler(handler)
         logger.setLevel(level)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _caller_level() -> int:
+    """The `stacklevel` that makes a warning raised by the function calling this one point at
+    the first frame outside the package: the code that made the client, not the client."""
+    level = 1
+    frame = sys._getframe(1)  # the function that warns: stacklevel 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level

@@ -271,9 +271,10 @@ class StreamReader(Generic[R]):
             seconds = self._options.total_timeout
             if self.codec is None:  # still starting: the POST that creates the resource
                 message = f"the stream did not start within {seconds} seconds (total_timeout)"
-            else:
-                message = f"the {self.codec.label} did not end within {seconds} seconds"
-            raise TaskTimeoutError(message) from exc
+                raise TaskTimeoutError(message) from exc
+            error = TaskTimeoutError(f"the {self.codec.label} did not end within {seconds} seconds")
+            self._report("gave_up", cause=error)
+            raise error from exc
         except asyncio.CancelledError as exc:
             await self._disconnect()
             # `aclose` from another task stops this read, not the task it runs in.
@@ -432,7 +433,9 @@ class StreamReader(Generic[R]):
     async def _reconnect_after(self, error: BaseException) -> None:
         if isinstance(error, _Resync):
             if self._cursor.resync:  # a fresh connection, and still no snapshot to heal from
-                raise EventGapError(f"the stream of the {self._codec.label}: {error}") from None
+                gap = EventGapError(f"the stream of the {self._codec.label}: {error}")
+                self._report("gave_up", cause=gap)
+                raise gap from None
             self._cursor.resync = True  # until an event is taken again
             error = StreamInterruptedError(f"{error}; reconnecting for a fresh snapshot")
         await self._disconnect()

@@ -76,42 +76,55 @@ class _Closed(Exception):
 class _Pending(Generic[T]):
     """Work handed to the client's loop thread (`Inference._start`), and its outcome.
 
-    The thread that waits for it blocks on a lock of its own, which the work releases when it
-    ends, and cancels it through `call_soon_threadsafe`: it never takes a lock that the loop
-    thread takes too. A `concurrent.futures.Future` shares its Condition with the loop thread,
-    and a KeyboardInterrupt raised just after the waiter acquired that lock (inside the
-    Condition's Python `__enter__`, before the `with` block) leaves it held, so the loop thread
-    blocks on it for good: seen on Python 3.13 with a signal handler raising at random
-    instants. Everything but `_done` is written on the loop thread only.
+    The thread that waits for it blocks on a lock of its own, which the loop thread releases
+    once the work's task is done, and cancels it through `call_soon_threadsafe`: it never takes
+    a lock that the loop thread takes too. A `concurrent.futures.Future` shares its Condition
+    with the loop thread, and a KeyboardInterrupt raised just after the waiter acquired that
+    lock (inside the Condition's Python `__enter__`, before the `with` block) leaves it held,
+    so the loop thread blocks on it for good: seen on Python 3.13 with a signal handler raising
+    at random instants. Everything but `_done` is written on the loop thread only. `on_done`
+    is called there once the outcome is set, however the work ended (even cancelled before
+    its first step).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, work: Callable[[], Awaitable[T]]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        work: Callable[[], Awaitable[T]],
+        on_done: Callable[[], object] | None = None,
+    ) -> None:
         self._loop = loop
         self._work = work
+        self._on_done = on_done
         self._done = threading.Lock()
         self._done.acquire()  # released by the loop thread once the outcome is set
-        self._task: asyncio.Task[None] | None = None
-        self._cancelled = False
+        self._task: asyncio.Task[T] | None = None
         self._value: T | None = None
         self._error: BaseException | None = None
 
-    def start(self, running: set[asyncio.Task[None]]) -> None:
-        """On the loop thread: start the work as a task kept in `running` while it runs."""
-        if self._cancelled:  # cancelled before it could start
-            self._error = asyncio.CancelledError()
-            self._done.release()
-            return
+    def start(self, running: set[asyncio.Future[Any]]) -> None:
+        """On the loop thread: start the work as a task kept in `running` while it runs (before
+        any `cancel` reaches the loop: both are queued there, this one first)."""
         self._task = task = self._loop.create_task(self._run())
         running.add(task)
         task.add_done_callback(running.discard)
+        task.add_done_callback(self._finished)
 
-    async def _run(self) -> None:
+    async def _run(self) -> T:
+        return await self._work()
+
+    def _finished(self, task: asyncio.Task[T]) -> None:
+        # A done callback runs however the task ended, even cancelled before its first step
+        # (when its coroutine never ran).
         try:
-            self._value = await self._work()
-        except BaseException as exc:  # cancellation too: it is the outcome, as in anyio's portal
-            self._error = exc
-            if not isinstance(exc, Exception | asyncio.CancelledError):
-                raise  # SystemExit or KeyboardInterrupt on the loop thread goes on up as well
+            if task.cancelled():
+                self._error = asyncio.CancelledError()
+            elif (error := task.exception()) is not None:
+                self._error = error
+            else:
+                self._value = task.result()
+            if self._on_done is not None:
+                self._on_done()
         finally:
             self._done.release()
 
@@ -136,9 +149,7 @@ class _Pending(Generic[T]):
         _to_loop(self._loop, self._cancel)
 
     def _cancel(self) -> None:
-        if self._task is None:
-            self._cancelled = True  # `start` is still to run, after this: it will not start
-        else:
+        if self._task is not None:
             self._task.cancel()
 
 
@@ -276,7 +287,7 @@ class Inference:
         self._portal: BlockingPortal | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        self._running: set[asyncio.Task[None]] = set()  # the work on the loop (its thread's own)
+        self._running: set[asyncio.Future[Any]] = set()  # the work on the loop (its thread's own)
         self._closed = False
         _live_clients.add(self)
 
@@ -300,22 +311,39 @@ class Inference:
 
     # -- the loop thread ----------------------------------------------------------------------
 
-    def _start(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> _Pending[T]:
+    def _start(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        on_done: Callable[[], object] | None = None,
+        **kwargs: Any,
+    ) -> _Pending[T]:
         """Start `fn(*args, **kwargs)` on the loop (started on first use); wait with `.wait()`.
         Under the lock, so that `close` cancels all the work started before it."""
         with self._lock:
             if self._closed:
                 raise UsageError("the client is closed; create a new one")
-            if self._portal is None:
-                cm = start_blocking_portal("asyncio", name="inferencesh-loop")
-                self._portal = cm.__enter__()
-                self._portal_cm = cm
-                self._loop = self._portal.call(asyncio.get_running_loop)
-                self._loop_thread = self._portal.call(threading.get_ident)
-            assert self._loop is not None
-            pending = _Pending(self._loop, _bind(fn, *args, **kwargs))
-            self._loop.call_soon_threadsafe(pending.start, self._running)
+            loop = self._loop or self._start_loop()
+            pending = _Pending(loop, _bind(fn, *args, **kwargs), on_done)
+            try:
+                loop.call_soon_threadsafe(pending.start, self._running)
+            except RuntimeError:  # the loop thread has ended (it raised SystemExit, say)
+                raise UsageError(
+                    "the client's event loop has stopped; create a new client"
+                ) from None
             return pending
+
+    def _start_loop(self) -> asyncio.AbstractEventLoop:
+        """Start the loop thread (under `_lock`); the client's state changes only once it runs."""
+        cm = start_blocking_portal("asyncio", name="inferencesh-loop")
+        portal = cm.__enter__()
+        try:
+            loop, ident = portal.call(_loop_and_thread)
+        except BaseException:
+            cm.__exit__(None, None, None)
+            raise
+        self._portal, self._portal_cm, self._loop, self._loop_thread = portal, cm, loop, ident
+        return loop
 
     def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         try:
@@ -325,9 +353,15 @@ class Inference:
 
     def _close_soon(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run `fn` (a stream's `aclose`) on the loop and wait for it, unless the client is
-        already closed (which closed everything) or this is the loop thread itself."""
-        portal = self._portal
-        if portal is None or self._closed or threading.get_ident() == self._loop_thread:
+        already closed (which closed everything). On the loop thread itself (a callback such
+        as `on_connection` closing a stream), it is started there and not waited for."""
+        loop = self._loop
+        if loop is None or self._closed:
+            return
+        if threading.get_ident() == self._loop_thread:
+            task = asyncio.ensure_future(fn(), loop=loop)
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
             return
         with contextlib.suppress(UsageError, _Closed):  # closed meanwhile: nothing left to do
             self._start(fn).wait()
@@ -352,12 +386,11 @@ class Inference:
             return call
 
         async def run() -> T:
-            try:
-                return await fn(*args, **{name: relayed(cb) for name, cb in callbacks.items()})
-            finally:
-                requests.put(None)
+            return await fn(*args, **{name: relayed(cb) for name, cb in callbacks.items()})
 
-        done = self._start(run)
+        # The end of the work, however it ends (even cancelled before it started), ends the
+        # loop below and `_drain`.
+        done = self._start(run, on_done=lambda: requests.put(None))
         interrupted: BaseException | None = None
         cleanup = self._async.timeout  # the work left to do is a REST call at most
         try:
@@ -380,7 +413,10 @@ class Inference:
             raise UsageError("the client was closed while the call was running") from None
 
     def close(self) -> None:
-        """Close the connection pool and stop the loop thread. Idempotent, from any thread."""
+        """Close the connection pool and stop the loop thread. Idempotent, from any thread
+        but the loop thread itself (a callback such as `on_connection`: `UsageError`)."""
+        if threading.get_ident() == self._loop_thread:
+            raise UsageError("close() cannot be called from the client's own loop thread")
         with self._lock:
             if self._closed:
                 return
@@ -823,6 +859,11 @@ class Session:
 class _CallbackInterrupted(InferenceshError):
     """A callback run by the blocking client was interrupted (Ctrl-C, SystemExit, ...); the
     interruption itself is raised in the caller's thread once the loop has cleaned up."""
+
+
+def _loop_and_thread() -> tuple[asyncio.AbstractEventLoop, int]:
+    """Run on the loop thread: its loop and its thread's id."""
+    return asyncio.get_running_loop(), threading.get_ident()
 
 
 def _to_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: Any) -> None:

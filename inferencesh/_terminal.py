@@ -8,8 +8,13 @@
   would overwrite a line with fake text, and a bell are then shown for what they are instead
   of acting. The escape is plain ASCII, so it survives any output encoding, and it names the
   byte the server sent (U+FFFD would hide it).
+- `one_line(text)` is `neutralise` for text that must stay one line (a line on stderr, a status,
+  an id, a log line): the newline is escaped too (`\\x0a`), and so are the Unicode line and
+  paragraph separators (`\\u2028`, `\\u2029`, which `str.splitlines` breaks at), so server text
+  cannot forge a line of its own under it. Tabs stay.
 - `json_text(value)` is JSON for people to read (non-ASCII kept), with DEL and the C1 controls
-  escaped as `\\u00NN` too (`json.dumps` escapes only C0); `--json` lines are ASCII JSON.
+  escaped as `\\u00NN` too (`json.dumps` escapes only C0), and U+2028 and U+2029 as well, so
+  each line of it is one line for every reader; `--json` lines are ASCII JSON.
 - `setup_streams()` makes stdout and stderr replace what their encoding cannot write (`?`),
   so `PYTHONIOENCODING=cp1252` or a C locale never turns a `✓` into a `UnicodeEncodeError`.
 - `write_out(text)` writes to stdout and raises `OutputClosed` when its reader has gone (a
@@ -35,6 +40,7 @@ __all__ = [
     "json_line",
     "json_text",
     "neutralise",
+    "one_line",
     "setup_streams",
     "silence",
     "write_err",
@@ -47,8 +53,15 @@ OUTPUT_CLOSED = 141
 
 # C0 controls but tab (09) and newline (0A), DEL, and the C1 controls.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-# What `json.dumps` leaves unescaped of those: DEL and C1 (it escapes C0 itself).
-_JSON_CONTROL = re.compile("[\x7f-\x9f]")
+# The same and newline, and the Unicode line and paragraph separators: what breaks a line.
+_LINE_BREAK = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+# What `json.dumps` leaves unescaped of those: DEL, C1 and the separators (it escapes C0).
+_JSON_CONTROL = re.compile("[\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def neutralise(text: str) -> str:
@@ -59,7 +72,19 @@ def neutralise(text: str) -> str:
     """
     if _CONTROL.search(text) is None:  # the common case: one scan, no copy
         return text
-    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+    return _CONTROL.sub(_escape, text)
+
+
+def one_line(text: str) -> str:
+    """`neutralise(text)` that stays one line: newlines (`\\x0a`) and U+2028 and U+2029
+    (`\\u2028`, `\\u2029`) are escaped too; tabs are kept.
+
+    Use it for text meant as one line: a line on stderr, a status, an id, a log line, so that
+    "boom\\nfake line" from the server cannot draw a line the CLI did not write.
+    """
+    if _LINE_BREAK.search(text) is None:
+        return text
+    return _LINE_BREAK.sub(_escape, text)
 
 
 def json_text(value: Any, *, indent: int | None = None) -> str:

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, TypeVar
 from urllib.parse import SplitResult, unquote, urlsplit
 
 import aiohttp
+import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._defaults import USE_CLIENT_DEFAULT, Timeout, call_timeout
@@ -222,11 +223,21 @@ def _bypassed(parts: SplitResult, no_proxy: str) -> bool:
 _PORTED = re.compile(r"(?:\[[^\]]*\]|[^:\[\]]*):\d+")
 
 
+def _masked_url(url: yarl.URL) -> yarl.URL:
+    text = shown(str(url))
+    try:
+        return yarl.URL(text)
+    except ValueError:  # a port out of range, say: the scheme alone
+        return yarl.URL(text.partition("://")[0] + "://...")
+
+
 def _without_secrets(info: aiohttp.RequestInfo) -> aiohttp.RequestInfo:
     headers = CIMultiDict(info.headers)
     for name in ("Authorization", "Proxy-Authorization", "Cookie"):
         headers.popall(name, None)
-    return aiohttp.RequestInfo(info.url, info.method, CIMultiDictProxy(headers), info.real_url)
+    return aiohttp.RequestInfo(
+        _masked_url(info.url), info.method, CIMultiDictProxy(headers), _masked_url(info.real_url)
+    )
 
 
 def _arg_without_secrets(arg: object) -> object:
@@ -234,12 +245,17 @@ def _arg_without_secrets(arg: object) -> object:
         return _without_secrets(arg)
     if isinstance(arg, tuple):  # `history`: responses, each with its request's headers
         return ()
+    if isinstance(arg, str):
+        return masked(arg)
+    if isinstance(arg, yarl.URL):  # InvalidURL's
+        return _masked_url(arg)
     return arg
 
 
 def _scrub(exc: BaseException) -> BaseException:
     """Remove the request headers aiohttp keeps on `exc` and the exceptions it was raised from
-    or during (`request_info`, `history`), so no attribute of an error carries the API key."""
+    or during (`request_info`, `history`), so no attribute of an error carries the API key,
+    and mask the URLs they name (`masked`), so none shows a presigned URL's signature."""
     stack, seen = [exc], set()
     while stack:
         current = stack.pop()
@@ -251,8 +267,16 @@ def _scrub(exc: BaseException) -> BaseException:
             current.request_info = _without_secrets(info)  # type: ignore[attr-defined]
         if getattr(current, "history", None):
             current.history = ()  # type: ignore[attr-defined]
-        if any(isinstance(arg, aiohttp.RequestInfo | tuple) for arg in current.args):
-            # ClientResponseError keeps its constructor's arguments too.
+        if isinstance(current, aiohttp.ClientResponseError):
+            current.message = masked(current.message)
+            if current.headers is not None:  # the answer's: a redirect's Location, say
+                current.headers = CIMultiDictProxy(
+                    CIMultiDict((name, masked(value)) for name, value in current.headers.items())
+                )
+        if any(
+            isinstance(arg, aiohttp.RequestInfo | tuple | str | yarl.URL) for arg in current.args
+        ):
+            # ClientResponseError keeps its constructor's arguments too; others their message.
             current.args = tuple(_arg_without_secrets(arg) for arg in current.args)
         stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
     return exc
@@ -270,7 +294,7 @@ def map_errors() -> Iterator[None]:
     except aiohttp.ClientHttpProxyError as exc:
         # The proxy answered CONNECT (for an https:// URL) with an error: 407, 502, ...
         raise ConnectError(
-            f"the proxy refused to connect to the server: {exc.status} {exc.message}"
+            f"the proxy refused to connect to the server: {exc.status} {masked(exc.message)}"
         ) from _scrub(exc)
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
         raise ConnectError(f"could not connect: {_describe(exc)}") from _scrub(exc)
@@ -281,7 +305,7 @@ def map_errors() -> Iterator[None]:
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
         raise StreamInterruptedError(f"the connection dropped: {_describe(exc)}") from _scrub(exc)
     except aiohttp.InvalidURL as exc:
-        raise UsageError(f"invalid URL: {exc}") from _scrub(exc)
+        raise UsageError(f"invalid URL: {masked(str(exc))}") from _scrub(exc)
     except aiohttp.ClientResponseError as exc:
         # aiohttp could not read the answer as HTTP (a malformed status line or header).
         raise ProtocolError(f"the server's answer is not valid HTTP: {_describe(exc)}") from _scrub(
@@ -329,14 +353,24 @@ def logged(method: str, target: str) -> Iterator[_Exchange]:
             )
 
 
+# A URL's host as `shown` shows it: a name or an IPv4 address, or a bracketed IPv6 one, and a port.
+_HOST = re.compile(r"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+
+
 def shown(target: str) -> str:
     """A request's target as logs and messages show it, without what may be secret. An API
     path keeps its query's parameter names but not their values. A whole URL is a presigned
     one (an upload or a download), authorised by a signature or a token in its path or query:
-    only its scheme and host are shown."""
-    parts = urlsplit(target)
+    only its scheme and host are shown (not even those when it does not read as a URL: cut
+    short, say)."""
+    try:
+        parts = urlsplit(target)
+    except ValueError:  # a malformed IPv6 host
+        scheme, sep, _ = target.partition("://")
+        return f"{scheme}://..." if sep else "..."
     if parts.scheme:
-        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
+        host = parts.netloc.rpartition("@")[2]
+        return f"{parts.scheme}://{host}/..." if _HOST.fullmatch(host) else f"{parts.scheme}://..."
     text = parts.path or "/"
     if parts.query:
         names = (pair.partition("=")[0] for pair in parts.query.split("&") if pair)
@@ -344,9 +378,28 @@ def shown(target: str) -> str:
     return text
 
 
+# A whole URL inside a message: up to a space or a character a URL never holds unescaped.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"<>]*")
+
+
+def masked(text: str) -> str:
+    """`text` with every whole URL in it as `shown` shows it (its scheme and host): aiohttp
+    names the URL in some of its messages (`url='...'`, `Connection timeout to host ...`),
+    and a presigned one carries its signature in its path or query."""
+
+    def one(match: re.Match[str]) -> str:
+        url, tail = match.group(), ""
+        if match.start() > 0 and text[match.start() - 1] == "'":
+            url, quote, rest = url.partition("'")  # a quoted URL ends at its quote
+            tail = quote + masked(rest)
+        return shown(url) + tail
+
+    return _URL_IN_TEXT.sub(one, text) if "://" in text else text
+
+
 def _describe(exc: BaseException) -> str:
-    # aiohttp messages name the URL, host and port, never request headers.
-    text = str(exc)
+    # aiohttp messages name the URL (masked here), host and port, never request headers.
+    text = masked(str(exc))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -566,7 +619,7 @@ class Transport:
         try:
             async with deadline:
                 return await self.retrying(
-                    f"{method} {path}",
+                    f"{method} {shown(path)}",
                     lambda: self._send(method, path, body),
                     idempotent=idempotent,
                     deadline=deadline.when,
@@ -575,7 +628,7 @@ class Transport:
             if not deadline.expired():
                 raise
             raise RequestTimeoutError(
-                f"{method} {path} got no complete answer within {seconds} seconds"
+                f"{method} {shown(path)} got no complete answer within {seconds} seconds"
             ) from exc
 
     async def retrying(
@@ -622,7 +675,7 @@ class Transport:
                 body = await _read_body(resp, self._max_body_bytes)
         data, messages = _unwrap(resp.status, body)
         for message in messages:
-            server_logger.info("%s %s: %s", method, path, preview(message))
+            server_logger.info("%s %s: %s", method, shown(path), preview(message))
         if messages and self._on_messages is not None:
             self._on_messages(messages)
         return data

@@ -27,6 +27,8 @@ from ._terminal import OUTPUT_CLOSED, OutputClosed, setup_streams, silence, writ
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
     from .local import Emulator
 
 __all__ = ["main"]
@@ -61,8 +63,24 @@ def _main(argv: Sequence[str] | None) -> int:
     return handler(args)
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, except that `--help` or `--version` written into a closed pipe ends
+    the command as any closed stdout does (exit 141): argparse itself ignores the error, and
+    would exit 0 with the text lost. Its subcommands' parsers are of this class too."""
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        if not message:
+            return
+        if file is None or file is sys.stderr:
+            write_err(message)
+        elif file is sys.stdout:
+            write_out(message)  # `OutputClosed` if its reader has gone
+        else:
+            file.write(message)
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(
         prog="inferencesh", description="Run AI apps on inference.sh and watch them live."
     )
     parser.add_argument(
@@ -133,7 +151,7 @@ def _error_status(text: str) -> int:
 # -- serve ----------------------------------------------------------------------------------------
 
 
-def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     parser = commands.add_parser(
         "serve",
         help="run the local emulator of the inference.sh API",
@@ -478,7 +496,7 @@ def _add_target(parser: argparse.ArgumentParser, *, local: bool = True) -> None:
     parser.add_argument("--api-key", metavar="KEY", help="API key (default: $INFERENCE_API_KEY)")
 
 
-def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
     parser = commands.add_parser(
         "run",
         help="run an app and watch its task live",
@@ -510,7 +528,7 @@ def _run(args: argparse.Namespace) -> int:
     return run_command(args)
 
 
-def _add_attach(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_attach(commands: argparse._SubParsersAction[_Parser]) -> None:
     parser = commands.add_parser(
         "attach",
         help="watch an existing task live, as run does",
@@ -545,7 +563,7 @@ def _attach(args: argparse.Namespace) -> int:
     return attach_command(args)
 
 
-def _add_get(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_get(commands: argparse._SubParsersAction[_Parser]) -> None:
     parser = commands.add_parser(
         "get",
         help="print a task's current state once",
@@ -570,7 +588,7 @@ def _get(args: argparse.Namespace) -> int:
     return get_command(args)
 
 
-def _add_cancel(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_cancel(commands: argparse._SubParsersAction[_Parser]) -> None:
     parser = commands.add_parser(
         "cancel",
         help="cancel a task",
@@ -591,7 +609,7 @@ def _cancel(args: argparse.Namespace) -> int:
     return cancel_command(args)
 
 
-def _add_agent(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_agent(commands: argparse._SubParsersAction[_Parser]) -> None:
     parser = commands.add_parser(
         "agent",
         help="send a message to an agent and stream its answer",
@@ -618,7 +636,7 @@ def _agent(args: argparse.Namespace) -> int:
     return agent_command(args)
 
 
-def _add_batch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_batch(commands: argparse._SubParsersAction[_Parser]) -> None:
     parser = commands.add_parser(
         "batch",
         help="run an app once per line of a JSONL file, resumably",
@@ -647,8 +665,9 @@ def _add_batch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--out",
         metavar="PATH",
-        help="the results file, one JSON line per finished task, appended to "
-        "(default: INPUTS.results.jsonl beside the inputs)",
+        help="the results file, one UTF-8 JSON line per finished task, appended to "
+        "(default: INPUTS.results.jsonl beside the inputs); the lines printed are ASCII JSON "
+        "of the same values",
     )
     parser.add_argument(
         "--journal",
@@ -678,7 +697,7 @@ def _batch(args: argparse.Namespace) -> int:
     return batch_command(args)
 
 
-_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+_COMMANDS: list[Callable[[argparse._SubParsersAction[_Parser]], None]] = [
     _add_serve,
     _add_run,
     _add_attach,

@@ -35,7 +35,7 @@ from ._events import Progress, TaskUpdate
 from ._exceptions import UsageError
 from ._notebook import NotebookRegion, in_notebook
 from ._status import TaskStatus
-from ._terminal import neutralise
+from ._terminal import one_line
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
@@ -145,11 +145,18 @@ def _display_for(console: Console | None, transient: bool) -> Display:
 
 
 def status_text(update: TaskUpdate) -> str:
-    """The status as shown: its name, plus the error of a task that did not complete
-    (neutralised: the server's text cannot act on the terminal)."""
+    """The status as shown: its name, plus the error of a task that did not complete (one
+    inert line: the server's text can neither act on the terminal nor add a line)."""
     if update.status.is_terminal and update.status is not TaskStatus.COMPLETED and update.error:
-        return neutralise(f"{update.status.value}: {update.error}")
+        return one_line(f"{update.status.value}: {update.error}")
     return update.status.value
+
+
+def reconnect_text(event: ConnectionEvent) -> str:
+    """A reconnect as the CLI and the live display say it: `reconnecting in 1.0s (attempt 2)`
+    (without the wait when there is none)."""
+    wait = f" in {event.delay:.1f}s" if event.delay is not None else ""
+    return f"reconnecting{wait} (attempt {event.attempt})"
 
 
 def format_number(value: float) -> str:
@@ -158,10 +165,11 @@ def format_number(value: float) -> str:
 
 
 def compact_json(value: Any, limit: int = _PARTIAL_CHARS) -> str:
-    """A value on one line: strings as they are, anything else as compact JSON, cut to `limit`
-    and neutralised (control characters shown as `\\xNN`, so they cannot act on a terminal)."""
+    """A value on one line: strings as they are (their newlines as spaces), anything else as
+    compact JSON, cut to `limit` and made one inert line (`one_line`: control characters shown
+    as `\\xNN`, so they cannot act on a terminal)."""
     text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
-    text = neutralise(" ".join(text.split("\n")))
+    text = one_line(" ".join(text.split("\n")))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -176,7 +184,8 @@ class PlainDisplay:
     """Plain lines for pipes and logs: the task id, each status change, log line and step.
 
     Needs nothing but a function that writes one line; the CLI uses it without rich. What the
-    server sent is neutralised (`\\x1b` for ESC, ...), so it cannot act on a terminal.
+    server sent is made one inert line (`\\x1b` for ESC, `\\x0a` for a newline, ...), so it
+    cannot act on a terminal nor pass for a line of its own: a log line is one line.
     """
 
     def __init__(self, write: Callable[[str], None]) -> None:
@@ -200,9 +209,9 @@ class PlainDisplay:
         """Write the lines this update adds."""
         if update.id != self._task_id:
             self._task_id = update.id
-            self._write(f"task: {neutralise(update.id)}")
+            self._write(f"task: {one_line(update.id)}")
         for line in update.logs:
-            self._write(f"log: {neutralise(line)}")
+            self._write(f"log: {one_line(line)}")
         progress = _known(update.progress)
         if progress is not None:
             step = (progress.current, progress.total)
@@ -333,10 +342,10 @@ def _narrower(options: ConsoleOptions) -> ConsoleOptions:
 class LiveDisplay:
     """The rich display: status and bar redrawn in place, log lines printed above them.
 
-    What the server sent (ids, log lines, errors, partial outputs) is neutralised and drawn as
-    `Text`, never read as markup, so it cannot act on the terminal. If the block it is used in
-    ends early (Ctrl-C, an error), its last frame says so instead of showing a running task;
-    `conclude` says more precisely what happened.
+    What the server sent (ids, log lines, errors, partial outputs) is made one inert line each
+    (`one_line`) and drawn as `Text`, never read as markup, so it cannot act on the terminal.
+    If the block it is used in ends early (Ctrl-C, an error), its last frame says so instead of
+    showing a running task; `conclude` says more precisely what happened.
     """
 
     def __init__(self, console: Console, *, transient: bool = False) -> None:
@@ -384,7 +393,7 @@ class LiveDisplay:
         self._partial.text = None
         self._bar.update(
             self._row,
-            status=neutralise(message),
+            status=one_line(message),
             outcome=_OUTCOME_STYLES.get(status, _STOPPED) if status is not None else _STOPPED,
             took=time.monotonic() - self._started,
         )
@@ -394,13 +403,12 @@ class LiveDisplay:
         self._live.refresh()
 
     def connection(self, event: ConnectionEvent) -> None:
-        """Show a reconnect in the status column (attempt and wait) until the stream is
-        connected again; give it as `StreamingOptions(on_connection=display.connection)`."""
+        """Show a change of the stream's connection in the status column: a reconnect (its
+        wait and attempt) until the stream is connected again, or that the connection is lost."""
         if self._ended:
             return
         if event.state == "reconnecting":
-            wait = f" in {event.delay:.1f}s" if event.delay is not None else ""
-            status = f"reconnecting{wait} (attempt {event.attempt})"
+            status = reconnect_text(event)
         elif event.state == "connected":
             status = self._status
         else:
@@ -413,9 +421,9 @@ class LiveDisplay:
 
         if update.id != self._task_id:
             self._task_id = update.id
-            self._console.print(Text(f"task {neutralise(update.id)}", style="dim"))
+            self._console.print(Text(f"task {one_line(update.id)}", style="dim"))
         for line in update.logs:
-            self._console.print(Text(neutralise(line)), soft_wrap=True)
+            self._console.print(Text(one_line(line)), soft_wrap=True)
         if update.status is not TaskStatus.UNKNOWN:
             self._status = status_text(update)
         fields: dict[str, Any] = {"status": self._status}  # also ends a "reconnecting"

@@ -10,7 +10,9 @@ sdist, so the sdist is known to rebuild). The checks:
   `inferencesh.__version__`, and sorts above the official client's 0.x line;
 - the sdist has the same package files plus what a rebuild, the tests and the docs need;
 - the wheel installs (into a throwaway folder, without dependencies) and its modules import from
-  there, and its `inferencesh` command answers `--version`.
+  there, and its `inferencesh` command answers `--version` (each child process within
+  `RUN_TIMEOUT` seconds);
+- docs/index.md names every section of the README.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import tomllib
 import zipfile
 from email.parser import Parser
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from packaging.metadata import Metadata
 from packaging.version import Version
@@ -64,6 +67,9 @@ NEVER = {"__pycache__", ".venv", ".git", ".official", ".mypy_cache", ".pytest_ca
 # Never in the wheel, even inside the package (path parts).
 NOT_IN_WHEEL = {"tests", "scripts", "benchmarks", "examples", "docs"}
 PUBLIC_MODULES = ["inferencesh", "inferencesh.local", "inferencesh.progress", "inferencesh.sse"]
+# Seconds each child process (pip installing the wheel, a Python importing it) may take: far
+# more than they need, so only a hang reaches it.
+RUN_TIMEOUT = 120
 
 problems: list[str] = []
 
@@ -140,37 +146,69 @@ def check_sdist(sdist: Path, version: str, package_files: set[str]) -> None:
     check(Parser().parsestr(pkg_info_text)["Version"] == version, "PKG-INFO has another version")
 
 
+def check_docs_index() -> None:
+    """docs/index.md names every section of the README (its `## ` headings), in any order."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    index = " ".join((ROOT / "docs" / "index.md").read_text(encoding="utf-8").split())
+    in_code = False
+    for line in readme.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and line.startswith("## "):
+            section = line.removeprefix("## ").strip()
+            check(f"*{section}*" in index, f"docs/index.md does not list the README's {section!r}")
+
+
+def run(what: str, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str] | None:
+    """`subprocess.run(args)`, its output captured, within `RUN_TIMEOUT` seconds; None (and a
+    problem recorded) when it takes longer."""
+    try:
+        return subprocess.run(
+            args, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False, **kwargs
+        )
+    except subprocess.TimeoutExpired:
+        check(False, f"{what} did not finish within {RUN_TIMEOUT} seconds: {' '.join(args)}")
+        return None
+
+
 def check_install(wheel: Path, version: str) -> None:
     """Install the wheel alone into a temporary folder and import it from there."""
     with tempfile.TemporaryDirectory() as folder:
         target = Path(folder) / "site"
-        subprocess.run(
+        installed = run(
+            "installing the wheel",
             [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
              "--no-deps", "--no-index", "--no-compile", "--target", str(target), str(wheel)],
-            check=True,
         )  # fmt: skip
+        if installed is None:
+            return
+        if installed.returncode != 0:
+            check(False, f"the wheel does not install: {installed.stdout}{installed.stderr}")
+            return
         env = {**os.environ, "PYTHONPATH": str(target)}
         code = (
             f"import importlib, sys; modules = {PUBLIC_MODULES!r}\n"
             "for name in modules: importlib.import_module(name)\n"
             "import inferencesh; print(inferencesh.__file__); print(inferencesh.__version__)"
         )
-        imported = subprocess.run(
-            [sys.executable, "-c", code], cwd=folder, env=env, capture_output=True, text=True
+        imported = run(
+            "importing the installed wheel", [sys.executable, "-c", code], cwd=folder, env=env
         )
-        check(imported.returncode == 0, f"the installed wheel does not import:{imported.stderr}")
-        if imported.returncode == 0:
+        if imported is not None and imported.returncode != 0:
+            check(False, f"the installed wheel does not import:{imported.stderr}")
+        elif imported is not None:
             where, installed_version = imported.stdout.split()
             check(Path(where).is_relative_to(target), f"imported {where}, not the wheel's copy")
             check(installed_version == version, f"installed __version__ {installed_version}")
-        command = subprocess.run(
-            [str(target / "bin" / "inferencesh"), "--version"],
-            cwd=folder, env=env, capture_output=True, text=True,
+        command = run(
+            "`inferencesh --version` from the wheel",
+            [str(target / "bin" / "inferencesh"), "--version"], cwd=folder, env=env,
         )  # fmt: skip
-        check(
-            command.returncode == 0 and version in command.stdout,
-            f"`inferencesh --version` from the wheel: {command.stdout}{command.stderr}",
-        )
+        if command is not None:
+            check(
+                command.returncode == 0 and version in command.stdout,
+                f"`inferencesh --version` from the wheel: {command.stdout}{command.stderr}",
+            )
 
 
 def main(dist: Path) -> int:
@@ -190,6 +228,7 @@ def main(dist: Path) -> int:
     package_files = check_wheel(wheels[0], version)
     check_sdist(sdists[0], version, package_files)
     check_install(wheels[0], version)
+    check_docs_index()
     for problem in problems:
         print(f"check_dist: {problem}", file=sys.stderr)
     if not problems:

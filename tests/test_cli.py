@@ -426,7 +426,8 @@ def test_agent_live_under_a_pseudo_terminal(agent_server: str) -> None:
 
 
 def test_ctrl_c_stops_the_agent_run(agent_server: str, emu: Emulator) -> None:
-    """SIGINT while the agent works: the chat's run is stopped on the server, exit 130."""
+    """SIGINT while the agent works: the chat's run is stopped on the server (by one request),
+    exit 130."""
 
     async def ponder(text: str, ctx: Any) -> None:
         ctx.think("pondering")
@@ -434,14 +435,15 @@ def test_ctrl_c_stops_the_agent_run(agent_server: str, emu: Emulator) -> None:
 
     emu.register_agent("acme/slow", ponder)
     args = ["agent", "acme/slow", "hi", "--base-url", agent_server, "--api-key", "k"]
-    with child(*args, tty=False) as proc:
+    with child(*args, tty=False, env={"INFERENCESH_LOG": "debug"}) as proc:  # a line a request
         proc.read_until(lambda text: "[thinking] pondering" in text)
         proc.proc.send_signal(signal.SIGINT)
         code, text = proc.finish()
     assert 130 == code, text
-    match = re.search(r"inferencesh agent: stopped chat (chat_\w+)", text)
+    match = re.search(r"^inferencesh agent: stopped chat (chat_\w+)$", text, re.M)
     assert match is not None, text
     chat_id = match.group(1)
+    assert 1 == text.count(f"POST /chats/{chat_id}/stop -> 200"), text
 
     def stopped(e: Emulator) -> bool:
         chat = e.chat_snapshot(chat_id) or {}

@@ -183,6 +183,26 @@ def test_local_json_writes_one_line_per_input(
     assert lines == result_lines(results)
 
 
+def test_results_file_is_utf8_json_and_stdout_ascii_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The results file is UTF-8 JSON (non-ASCII text as it is; control characters and line
+    separators escaped, so each line is one inert line); stdout has the same values as ASCII
+    JSON, which any stdout encoding can carry."""
+    prompt = "✓ 25 °C \x1b[2J \u009b \x7f \u2028 end"
+    inputs = write_inputs(tmp_path, [{"prompt": prompt, "sim": QUICK}])
+    code, out, err = run_main(capsys, "batch", APP, str(inputs), "--local", "--json")
+    assert 0 == code, err
+    raw = (tmp_path / "inputs.results.jsonl").read_bytes()
+    assert raw.endswith(b"\n")
+    text = raw.decode("utf-8")
+    assert "✓ 25 °C \\u001b[2J \\u009b \\u007f \\u2028 end" in text
+    assert [text] == text.splitlines(keepends=True)
+    assert out.isascii()
+    assert json.loads(text) == json.loads(out)
+    assert prompt == json.loads(out)["output"]["input"]["prompt"]
+
+
 def test_failed_inputs_exit_1_with_their_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -35,6 +35,7 @@ import pytest
 from support import fast_emulator, plain
 
 from inferencesh import TaskStatus, inference
+from inferencesh._terminal import json_text, neutralise, one_line
 from inferencesh.cli import _build_parser
 from inferencesh.local import AgentContext, AppContext, Emulator, serve_in_thread
 
@@ -54,6 +55,10 @@ HOSTILE_LOGS = [
 FORBIDDEN = [b"\x1b[2J", b"\x1b[H", b"\rFAKE", b"\x07", b"\x1b]0;", b"\xc2\x9b", b"\x7f"]
 SHOWN = ["\\x1b[2J\\x1b[Hscreen cleared", "step 3/10\\x0dFAKE: all done", "ding\\x07",
          "\\x1b]0;PWNED-TITLE\\x07retitled", "\\x9b31mC1 CSI", "rub\\x7fout"]  # fmt: skip
+
+# What the forging app sends: a newline, then text that would pass for a line of the CLI's own.
+FORGED = "inferencesh run: cancelled task t1 (FAKE)"
+FORGED_LOG = "log: FAKE log line"
 
 
 # -- the CLI as a child process ---------------------------------------------------------------
@@ -81,24 +86,32 @@ def cli(
     return result.returncode, result.stdout, result.stderr
 
 
+def read_until(fd: int, enough: Callable[[bytes], bool], timeout: float = 10) -> bytes:
+    """Read from `fd` until `enough(what was read)` holds, within `timeout`; what was read."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not enough(data):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            pytest.fail(f"not enough output within {timeout}s; read {data!r}")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            pytest.fail(f"end of output too soon; read {data!r}")
+        data += chunk
+    return data
+
+
 def read_line(fd: int, timeout: float = 10) -> bytes:
     """Read from `fd` until a newline, within `timeout`; the first line (what came after it
     is dropped)."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    while b"\n" not in data:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            pytest.fail(f"no line within {timeout}s; read {data!r}")
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            pytest.fail(f"end of output before a line; read {data!r}")
-        data += chunk
+    data = read_until(fd, lambda data: b"\n" in data, timeout)
     return data[: data.index(b"\n") + 1]
 
 
 @contextlib.contextmanager
-def piped(*args: str, stderr_too: bool = False) -> Iterator[subprocess.Popen[bytes]]:
+def piped(
+    *args: str, stderr_too: bool = False, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """The CLI with stdout on a pipe the test reads (and may close), stderr on another pipe
     (or on the same one with `stderr_too`)."""
     proc = subprocess.Popen(
@@ -106,7 +119,7 @@ def piped(*args: str, stderr_too: bool = False) -> Iterator[subprocess.Popen[byt
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT if stderr_too else subprocess.PIPE,
-        env=_env(),
+        env=_env(env),
     )
     try:
         yield proc
@@ -301,6 +314,16 @@ async def hostile_app(input: dict[str, Any], ctx: AppContext) -> Any:
     return {"text": "\x1b]0;OUT\x07\u009b\x7f"}
 
 
+async def forging_app(input: dict[str, Any], ctx: AppContext) -> Any:
+    """A log line and an error that each hold a newline and, after it, a line of fake text."""
+    ctx.log(f"working\n{FORGED_LOG}")
+    ctx.log(f"separated\u2028{FORGED_LOG}")
+    ctx.progress(1, 2)
+    ctx.partial(f"half\n{FORGED}")
+    await asyncio.sleep(0.01)
+    raise RuntimeError(f"boom\n{FORGED}")
+
+
 async def degrees_app(input: dict[str, Any], ctx: AppContext) -> Any:
     """Characters cp1252 has (°) and has not (✓), in a log line, the partial and the output."""
     ctx.log("25 °C reached ✓")
@@ -331,7 +354,7 @@ async def hostile_agent(text: str, ctx: AgentContext) -> None:
     """Thinks and answers with control sequences, and calls a client tool named with one."""
     ctx.think("\x1b]0;THINKING\x07hmm")
     ctx.say("\x1b[2Jhello\rFAKE\u009b")
-    await ctx.call_tool("evil\x1b[2Jtool", {})
+    await ctx.call_tool("evil\x1b[2Jtool\n[FAKE note]", {})
     ctx.say("done ✓ 25 °C")
 
 
@@ -346,6 +369,7 @@ async def chatty_agent(text: str, ctx: AgentContext) -> None:
 def apps(emu: Emulator, server: str) -> str:
     """The served emulator, with the apps and agents above registered; its URL."""
     emu.register_app("acme/hostile", hostile_app)
+    emu.register_app("acme/forging", forging_app)
     emu.register_app("acme/degrees", degrees_app)
     emu.register_app("acme/endless", endless_app)
     emu.register_app("acme/stuck", stuck_app)
@@ -487,35 +511,53 @@ def test_closed_pipe_in_batch_stops_it_as_ctrl_c_does(apps: str, tmp_path: Path)
 
 
 def test_closed_pipe_stops_the_agent_run(apps: str, emu: Emulator) -> None:
-    """agent in a pipe that closes: the chat's run is stopped, exit 141, no traceback."""
-    with piped("agent", "acme/chatty", "hi", *target(apps)) as proc:
+    """agent in a pipe that closes: the chat's run is stopped (by one request), exit 141, no
+    traceback."""
+    args = ["agent", "acme/chatty", "hi", *target(apps)]
+    with piped(*args, env={"INFERENCESH_LOG": "debug"}) as proc:  # a line per request made
         assert proc.stdout is not None
-        os.read(proc.stdout.fileno(), 5)  # the first word has arrived
+        read_until(proc.stdout.fileno(), lambda data: len(data) >= 5)  # the first word came
         proc.stdout.close()
-        code = proc.wait(timeout=10)
+        try:
+            code = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the CLI did not stop after its output pipe was closed")
         err = proc.stderr.read() if proc.stderr is not None else b""
     assert 141 == code, err
     assert b"Traceback" not in err
-    chat_id = re.search(rb"chat: (chat_\w+)", err)
-    assert chat_id is not None, err
+    found = re.search(r"^chat: (chat_\w+)$", err.decode(), re.M)
+    assert found is not None, err
+    chat_id = found.group(1)
+    assert f"inferencesh agent: output closed; stopped chat {chat_id}" in err.decode().splitlines()
+    assert 1 == err.decode().count(f"POST /chats/{chat_id}/stop -> 200"), err
 
     def stopped(e: Emulator) -> bool:
-        chat = e.chat_snapshot(chat_id.group(1).decode()) or {}
+        chat = e.chat_snapshot(chat_id) or {}
         return (chat.get("active_run") or {}).get("state") == "canceled"
 
     assert emu.wait_until(stopped)
 
 
-def test_help_into_a_closed_pipe_is_quiet() -> None:
-    """`inferencesh serve --help | true`: no BrokenPipeError message at exit."""
-    with piped("serve", "--help") as proc:
-        assert proc.stdout is not None
-        proc.stdout.close()
-        code = proc.wait(timeout=10)
-        err = proc.stderr.read() if proc.stderr is not None else b""
-    assert code in (0, 141)
-    assert b"Error" not in err
-    assert b"Traceback" not in err
+@pytest.mark.parametrize("args", [["serve", "--help"], ["--version"]])
+def test_help_into_a_closed_pipe_is_quiet(args: list[str]) -> None:
+    """`inferencesh serve --help | true`, the reader gone before the help is written: exit
+    141 (argparse would ignore the error and exit 0), and nothing on stderr (no
+    BrokenPipeError message at exit)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the child starts
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "inferencesh", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env=_env(),
+            timeout=20,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (141, b"") == (result.returncode, result.stderr)
 
 
 # -- any output encoding -------------------------------------------------------------------------
@@ -577,6 +619,60 @@ def test_hostile_error_in_a_pipe_is_shown_not_obeyed(apps: str) -> None:
     assert err.decode().endswith("failed: \\x1b[2Jboom\\x07\n")
 
 
+def test_one_line_escapes_what_breaks_a_line_and_keeps_tabs() -> None:
+    """`one_line`: `neutralise` plus newlines and the Unicode line and paragraph separators;
+    tabs stay, and applying it again changes nothing. `neutralise` keeps newlines."""
+    text = "a\tb\nc\r\x1bd\u2028e\u2029f\u0085g ✓"
+    shown = "a\tb\\x0ac\\x0d\\x1bd\\u2028e\\u2029f\\x85g ✓"
+    assert shown == one_line(text)
+    assert [shown] == shown.splitlines()
+    assert shown == one_line(shown)
+    assert "a\tb\nc\\x0d\\x1bd\u2028e\u2029f\\x85g ✓" == neutralise(text)
+    assert '"\\u2028\\u2029\\u009b\\u001b✓"' == json_text("\u2028\u2029\u009b\x1b✓")
+
+
+def forged_lines(lines: list[str]) -> list[str]:
+    """The lines that start with the forging app's fake text (none may)."""
+    return [line for line in lines if line.lstrip().startswith((FORGED, FORGED_LOG, "[FAKE"))]
+
+
+def test_newlines_from_the_server_cannot_forge_lines_in_a_pipe(apps: str) -> None:
+    """A log line and an error holding a newline and fake text: each stays one line (the
+    newline shown as `\\x0a`), so no line of the output starts with the fake text; stderr is
+    one line."""
+    code, out, err = cli("run", "acme/forging", *target(apps))
+    assert 1 == code, err
+    assert_inert(out + err)
+    assert [] == forged_lines(out.decode().splitlines() + err.decode().splitlines())
+    logs = [line for line in out.decode().splitlines() if line.startswith("log: ")]
+    assert [f"log: working\\x0a{FORGED_LOG}", f"log: separated\\u2028{FORGED_LOG}"] == logs
+    assert f"status: failed: boom\\x0a{FORGED}" == out.decode().splitlines()[-1]
+    [line] = err.decode().splitlines()
+    assert line.startswith("inferencesh run: task task_")
+    assert line.endswith(f" failed: boom\\x0a{FORGED}")
+    task_id = out.decode().splitlines()[0].removeprefix("task: ")
+    code, out, err = cli("get", task_id, *target(apps))
+    assert (0, b"") == (code, err)
+    assert [] == forged_lines(out.decode().splitlines())
+
+
+def test_newlines_from_the_server_cannot_forge_lines_on_a_terminal(apps: str) -> None:
+    """The live display: the log lines, the partial output and the failed status are one line
+    each, and so is the line on stderr; no line of the screen starts with the fake text."""
+    with terminal("run", "acme/forging", *target(apps)) as term:
+        code = term.finish()
+    assert 1 == code, term.text()
+    assert_inert(term.raw)
+    lines = screen_of(term.raw)
+    assert [] == forged_lines(lines), "\n".join(lines)
+    text = plain(term.text())
+    assert f"working\\x0a{FORGED_LOG}" in text
+    assert f"failed: boom\\x0a{FORGED}" in text
+    bars = [line for line in lines if "━" in line]
+    assert 1 == len(bars), "\n".join(lines)
+    assert "✗ failed: boom\\x0a" in bars[0]
+
+
 def test_hostile_json_lines_are_ascii(apps: str) -> None:
     code, out, err = cli("run", "acme/hostile", *target(apps), "--json")
     assert 0 == code, err
@@ -620,7 +716,9 @@ def test_hostile_agent_text_and_tool_names_are_shown_not_obeyed(apps: str, where
     text = raw.decode()
     assert "\\x1b[2Jhello\\x0dFAKE\\x9b" in text
     assert "\\x1b]0;THINKING\\x07hmm" in text
-    assert "evil\\x1b[2Jtool" in text
+    assert "evil\\x1b[2Jtool\\x0a[FAKE note]" in text  # the note is one line
+    lines = screen_of(raw) if where == "terminal" else text.splitlines()
+    assert [] == forged_lines(lines), text
 
 
 # -- reconnects -----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ connections, and a closed port or a raw-socket server that refuses."""
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import re
@@ -12,26 +13,33 @@ import subprocess
 import sys
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import anyio
 import attrs
 import pytest
-from hostile import Exchange, refused_url, serving
+from hostile import Exchange, Script, encode, refused_url, serving
 from support import FAST, FLOW, fast_emulator
 
 from inferencesh import (
     ConnectError,
     ConnectionEvent,
+    EventGapError,
+    File,
     NotFoundError,
+    ProtocolError,
     RetriesExhaustedError,
     RetryPolicy,
     ServerError,
     StreamingOptions,
     StreamInterruptedError,
+    TaskTimeoutError,
     UsageError,
     async_inference,
     inference,
 )
+from inferencesh._transport import masked
 from inferencesh.local import Emulator, serve_in_thread
 
 pytestmark = pytest.mark.anyio
@@ -168,6 +176,61 @@ async def test_an_answer_no_retry_can_change_gives_up_at_once() -> None:
     assert 1 == len(server.requests)
 
 
+async def test_a_total_timeout_during_a_reconnect_wait_gives_up() -> None:
+    """The stream is cut and the server's `retry:` hint asks for 30 s: the total deadline
+    passes during the wait, and the stream's last word is "gave_up" with the
+    `TaskTimeoutError` it raises."""
+    emu: Emulator = fast_emulator(retry_ms=30_000, **SLOW_STEPS)
+    emu.faults.drop_after = 2
+    events: list[ConnectionEvent] = []
+    options = attrs.evolve(FAST, total_timeout=2.0, on_connection=events.append)
+    with anyio.fail_after(20), serve_in_thread(emu) as url:
+        async with async_inference(api_key=KEY, base_url=url) as client:
+            stream = client.run(CONFIG, stream=True, options=options)
+            with pytest.raises(TaskTimeoutError) as info:
+                async for _ in stream:
+                    pass
+    assert ["connected", "reconnecting", "gave_up"] == [e.state for e in events]
+    assert 30.0 == events[1].delay
+    assert info.value is events[-1].cause
+    assert events[-1] is stream.connection
+    assert (1, None) == (events[-1].attempt, events[-1].delay)
+
+
+async def test_an_event_gap_gives_up() -> None:
+    """Events skipped, and the fresh connection again without a snapshot: "gave_up" with the
+    `EventGapError` the stream raises."""
+    script = Script.make(6)  # events 1 .. 8
+    requests: list[Exchange] = []
+
+    async def skipping(exchange: Exchange) -> None:
+        requests.append(exchange)
+        await exchange.start("text/event-stream", transfer="close")
+        first = len(requests) == 1
+        for event in range(1, 3) if first else range(3 + len(requests), script.last):
+            await exchange.send(encode("sse", script.payload(event), str(event)))
+        if first:
+            await exchange.cut()
+        else:
+            await exchange.hang()
+
+    events: list[ConnectionEvent] = []
+    options = attrs.evolve(BOUNDED, on_connection=events.append)
+    with anyio.fail_after(20):
+        async with (
+            serving(skipping) as server,
+            async_inference(api_key=KEY, base_url=server.url) as client,
+        ):
+            stream = client.stream_task("t1", options)
+            with pytest.raises(EventGapError) as info:
+                async for _ in stream:
+                    pass
+    assert "gave_up" == events[-1].state
+    assert "reconnecting" not in [e.state for e in events[-2:]]
+    assert info.value is events[-1].cause
+    assert events[-1] is stream.connection
+
+
 class Boom(Exception):
     """The caller's own failure, raised by its callback."""
 
@@ -261,6 +324,118 @@ async def test_debug_logs_every_request_and_never_the_key(
         assert file.uri not in text, record  # a download URL's token neither
 
 
+# A presigned download URL's secrets: a token in its path and a signature in its query.
+PATH_TOKEN = "pathtoken-Vb81-secret"
+QUERY_TOKEN = "sigtoken-Kq40-secret"
+BLOB = bytes(range(256)) * 4
+
+
+async def fail_500(exchange: Exchange) -> None:
+    await exchange.respond(500, b"storage is down", content_type="text/plain")
+
+
+async def fail_range(exchange: Exchange) -> None:
+    """The first answer is cut halfway; the resumed one starts elsewhere than asked."""
+    if "range" not in exchange.request.headers:
+        await exchange.start("application/octet-stream", transfer="close",
+                             headers=[("Content-Length", str(len(BLOB)))])  # fmt: skip
+        await exchange.send(BLOB[:512])
+        await exchange.cut()
+        return
+    span = f"bytes 10-{len(BLOB) - 1}/{len(BLOB)}"
+    await exchange.start(
+        "application/octet-stream", transfer="close", status=206, headers=[("Content-Range", span)]
+    )
+    await exchange.send(BLOB[10:])
+    await exchange.finish()
+
+
+async def fail_http(exchange: Exchange) -> None:
+    """Not HTTP: aiohttp's error names the URL (`url='...'`)."""
+    exchange.writer.write(b"HTTP/1.1 2x0 Nonsense\r\nContent-Length: 0\r\n\r\n")
+    await exchange.close()
+
+
+async def fail_redirects(exchange: Exchange) -> None:
+    """Redirects to itself forever: aiohttp's error names the URL and keeps the answer's
+    headers, `Location` included."""
+    await exchange.respond(302, b"", headers=[("Location", exchange.request.path)])
+
+
+def messages(error: BaseException) -> Iterator[str]:
+    """`str` and `repr` of `error` and of every exception it was raised from or during."""
+    stack, seen = [error], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield str(current)
+        yield repr(current)
+        stack += [e for e in (current.__cause__, current.__context__) if e is not None]
+
+
+@pytest.mark.parametrize(
+    ("handler", "error", "says"),
+    [
+        (fail_500, ServerError, "storage is down"),
+        (fail_range, ProtocolError, "'blob.bin' (http://127.0.0.1:*/...) answered a Range request"),
+        (fail_http, ProtocolError, "not valid HTTP: *url='http://127.0.0.1:*/...'"),
+        (fail_redirects, ProtocolError, "not valid HTTP: TooManyRedirects: *url='http://127.0.0.1:*/...'"),
+    ],
+)  # fmt: skip
+async def test_a_failed_download_never_shows_its_presigned_url(
+    handler: Any,
+    error: type[Exception],
+    says: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whatever breaks a download, neither its error, the errors it was raised from, nor the
+    log carry the URL's path or query: only its scheme and host."""
+    caplog.set_level(logging.DEBUG, logger="inferencesh")
+    options = StreamingOptions(max_retries=1, retry_delay=0, retry_jitter=0, total_timeout=20)
+    with anyio.fail_after(20):
+        async with (
+            serving(handler) as server,
+            async_inference(api_key=KEY, base_url=server.url, streaming_options=options) as client,
+        ):
+            uri = f"{server.url}/bucket/{PATH_TOKEN}/blob.bin?X-Amz-Signature={QUERY_TOKEN}"
+            with pytest.raises(error) as info:
+                await client.download(File(uri=uri, filename="blob.bin"), tmp_path)
+    assert fnmatch.fnmatchcase(str(info.value), f"*{says}*"), str(info.value)
+    assert server.requests
+    texts = [*messages(info.value), *(every_text(record) for record in caplog.records)]
+    for text in texts:
+        assert PATH_TOKEN not in text, text
+        assert QUERY_TOKEN not in text, text
+    assert len(texts) >= 2
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("400, message='x', url='https://s3.example.com/b/k?X-Amz-Signature=SECRET'",
+         "400, message='x', url='https://s3.example.com/...'"),
+        # A URL holding a quote is quoted with double quotes.
+        ("url=\"https://h.example/a'SECRET?s=SECRET'\"", "url=\"https://h.example/...\""),
+        ("Connection timeout to host https://h.example:8443/SECRET?s=SECRET",
+         "Connection timeout to host https://h.example:8443/..."),
+        ("<InvalidURL http://[::1]:80/SECRET>", "<InvalidURL http://[::1]:80/...>"),
+        ("('https://a.example/SECRET','https://b.example/SECRET')",
+         "('https://a.example/...','https://b.example/...')"),
+        # Cut short by `preview`: not even the host, which may hold the end of the query.
+        ("{'upload_url': 'https://st...s=SECRET'}", "{'upload_url': 'https://...'}"),
+        ("http://user:SECRET@h.example/p", "http://h.example/..."),
+        ("http://[bad/SECRET", "http://..."),
+        ("no URL: 127.0.0.1:9, /tasks/t?role=output", "no URL: 127.0.0.1:9, /tasks/t?role=output"),
+    ],
+)  # fmt: skip
+def test_messages_mask_every_url(text: str, expected: str) -> None:
+    assert expected == masked(text)
+
+
 def run_python(code: str, server: str, **env: str) -> subprocess.CompletedProcess[str]:
     variables = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE")}
     variables.update(INFERENCE_BASE_URL=server, INFERENCE_API_KEY=KEY, **env)
@@ -304,5 +479,9 @@ def test_inferencesh_log_with_an_unknown_level_warns_and_stays_off(server: str) 
     done = run_python(LOG_SCRIPT, server, INFERENCESH_LOG="verbose")
     assert 0 == done.returncode, done.stderr
     assert "0 0" == done.stdout.strip()
-    assert "RuntimeWarning: INFERENCESH_LOG='verbose' is not one of debug" in done.stderr
+    # Said of the caller's line that made the first client (line 5 of the script), not of
+    # the SDK's own code.
+    assert "<string>:5: RuntimeWarning: INFERENCESH_LOG='verbose' is not one of debug" in (
+        done.stderr
+    )
     assert "inferencesh.http" not in done.stderr
