@@ -21,7 +21,8 @@ class ConnectionEvent:
     `RetriesExhaustedError`; the server's own when it asked for a longer wait than
     `max_retry_after` or gave an answer no retry can change, such as 404; `TaskTimeoutError`
     when `total_timeout` passes (a wait for the next attempt included); `EventGapError` when
-    the server skipped events and a fresh connection sends no snapshot to heal from.
+    the server skipped events and a fresh connection sends no snapshot to heal from; any other
+    error of the tree that ends the stream (a malformed or oversized event, say).
     """
 
     state: ConnectionState

@@ -32,6 +32,7 @@ from ._exceptions import (
     APIStatusError,
     EventGapError,
     EventTooLargeError,
+    InferenceshError,
     ProtocolError,
     RetriesExhaustedError,
     StreamInterruptedError,
@@ -244,7 +245,17 @@ class StreamReader(Generic[R]):
     async def next_batch(self, limit: int = 64) -> list[R] | None:
         """The next events to hand on (at most `limit`), in order; None once the resource has
         ended, or the reader was closed (by `aclose`, from this or any other task). Raises
-        from the error tree; the connection is then closed."""
+        from the error tree; the connection is then closed, and once the stream had started,
+        "gave_up" is reported with that error: the one place that says a stream stopped."""
+        try:
+            return await self._next_batch(limit)
+        except InferenceshError as exc:
+            last = self.connection
+            if self.codec is not None and (last is None or last.state != "gave_up"):
+                self._report("gave_up", cause=exc)
+            raise
+
+    async def _next_batch(self, limit: int) -> list[R] | None:
         if self._ended or self._closed:
             await self._disconnect()
             return None
@@ -272,9 +283,8 @@ class StreamReader(Generic[R]):
             if self.codec is None:  # still starting: the POST that creates the resource
                 message = f"the stream did not start within {seconds} seconds (total_timeout)"
                 raise TaskTimeoutError(message) from exc
-            error = TaskTimeoutError(f"the {self.codec.label} did not end within {seconds} seconds")
-            self._report("gave_up", cause=error)
-            raise error from exc
+            message = f"the {self.codec.label} did not end within {seconds} seconds"
+            raise TaskTimeoutError(message) from exc
         except asyncio.CancelledError as exc:
             await self._disconnect()
             # `aclose` from another task stops this read, not the task it runs in.
@@ -413,8 +423,7 @@ class StreamReader(Generic[R]):
             except (TransportError, APIStatusError) as exc:
                 await stack.aclose()
                 if not may_retry(exc, idempotent=True):
-                    self._report("gave_up", cause=exc)  # an answer no retry can change
-                    raise
+                    raise  # an answer no retry can change
                 await self._wait_to_retry(exc)
                 continue
             except BaseException:
@@ -433,9 +442,7 @@ class StreamReader(Generic[R]):
     async def _reconnect_after(self, error: BaseException) -> None:
         if isinstance(error, _Resync):
             if self._cursor.resync:  # a fresh connection, and still no snapshot to heal from
-                gap = EventGapError(f"the stream of the {self._codec.label}: {error}")
-                self._report("gave_up", cause=gap)
-                raise gap from None
+                raise EventGapError(f"the stream of the {self._codec.label}: {error}") from None
             self._cursor.resync = True  # until an event is taken again
             error = StreamInterruptedError(f"{error}; reconnecting for a fresh snapshot")
         await self._disconnect()
@@ -452,7 +459,6 @@ class StreamReader(Generic[R]):
             self._options, self._failures, retry_after=retry_after, server_hint=self._retry_hint
         )
         if delay is None:
-            self._report("gave_up", cause=error)
             if asks_too_long(self._options, retry_after):
                 raise error  # rather than sleep that long: the server's own error
             raise RetriesExhaustedError(

@@ -118,8 +118,9 @@ def check_gave_up(events: list[ConnectionEvent], error: RetriesExhaustedError) -
         (e.state, e.attempt) for e in events
     ]
     assert [0.0, 0.0, None] == [e.delay for e in events]
-    assert all(isinstance(e.cause, ConnectError) for e in events)
-    assert events[-1].cause is error.__cause__
+    assert all(isinstance(e.cause, ConnectError) for e in events[:-1])
+    assert events[-1].cause is error  # "gave_up" carries the error the stream raises
+    assert isinstance(error.__cause__, ConnectError)
     assert 2 == error.attempts
 
 
@@ -485,3 +486,21 @@ def test_inferencesh_log_with_an_unknown_level_warns_and_stays_off(server: str) 
         done.stderr
     )
     assert "inferencesh.http" not in done.stderr
+
+
+async def test_a_malformed_event_gives_up_with_the_error_it_raises() -> None:
+    """Any error that ends a started stream is its "gave_up", reported once."""
+
+    async def garbage(exchange: Exchange) -> None:
+        await exchange.start("text/event-stream")
+        await exchange.send(b'data: {"id": "task_1", "status": 3}\n\ndata: {not json\n\n')
+        await exchange.hang()
+
+    events: list[ConnectionEvent] = []
+    async with serving(garbage) as server, async_inference(api_key=KEY, base_url=server.url) as c:
+        stream = c.stream_task("task_1", refusing_options(events))
+        with pytest.raises(ProtocolError) as info:
+            async for _ in stream:
+                pass
+    assert ["connected", "gave_up"] == [e.state for e in events]
+    assert info.value is events[-1].cause is stream.connection.cause  # type: ignore[union-attr]
