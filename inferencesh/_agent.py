@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import attrs
 
+from ._converters import valid_task_id
 from ._defaults import USE_CLIENT_DEFAULT, Timeout
 from ._events import MappingReads
 from ._exceptions import AgentError, ProtocolError, ToolCallError, UsageError
@@ -400,6 +401,9 @@ class AsyncAgent:
     ) -> None:
         if not isinstance(ref, str) or not ref:
             raise UsageError(f"an agent reference must be a non-empty string, got {ref!r}")
+        # It goes into URL paths: the rule a task id follows (`valid_task_id`) is its rule too.
+        if chat_id is not None and not valid_task_id(chat_id):
+            raise UsageError(f"chat_id must be a non-empty printable string, got {chat_id!r:.80}")
         self._transport = transport
         self.ref = ref
         self._chat_id = chat_id

@@ -271,7 +271,8 @@ class _Results:
 
 
 def _lock(fd: int) -> None:
-    """Hold the results file for this run (one run of a batch at a time)."""
+    """Hold the results file or the journal for this run (one run of a batch at a time);
+    `BlockingIOError` if another run holds it."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory lock; one run at a time is up to the user
@@ -296,27 +297,41 @@ class _Row:
 class _Journal:
     """Where each input is, committed (WAL, synchronous=FULL) at every change of state."""
 
-    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, db: sqlite3.Connection, fd: int) -> None:
         self.path = path
         self._db = db
+        # Holds the lock: two runs sharing a journal (each with its own --out) would overwrite
+        # each other's rows.
+        self._fd = fd
 
     @classmethod
     def open(cls, path: Path, *, app: str, inputs: _Inputs, results: _Results) -> _Journal:
         """Open the batch's journal, or create it with every input pending; refuse another
-        batch's journal, and a results file that has lines but no journal."""
+        batch's journal, one another run holds, and a results file that has lines but no
+        journal."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _Usage(f"cannot open the journal {str(path)!r}: {exc.strerror or exc}") from None
+        try:
+            _lock(fd)
+        except BlockingIOError:
+            os.close(fd)
+            raise _Usage(f"{path} is in use by another inferencesh batch") from None
         try:
             db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
         except (OSError, sqlite3.Error) as exc:
+            os.close(fd)
             raise _Usage(f"cannot open the journal {str(path)!r}: {exc}") from None
+        journal = cls(path, db, fd)
         try:
-            journal = cls(path, db)
             journal._prepare(app, inputs, results)
         except sqlite3.DatabaseError as exc:
-            db.close()
+            journal.close(checkpoint=False)
             raise _Usage(f"{path} is not a batch journal ({exc}); remove it or pass another "
                          "--journal") from None  # fmt: skip
         except BaseException:
-            db.close()
+            journal.close(checkpoint=False)
             raise
         return journal
 
@@ -371,10 +386,16 @@ class _Journal:
                 "another --journal"
             )
 
-    def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._db.close()
+    def close(self, *, checkpoint: bool = True) -> None:
+        try:
+            if checkpoint:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
+        finally:
+            # After SQLite's connection: closing a descriptor of the file drops the process's
+            # POSIX locks on it, SQLite's among them.
+            os.close(self._fd)  # releases the lock
 
     # -- a rerun ------------------------------------------------------------------------------
 
@@ -505,6 +526,7 @@ class _Run:
         self.stopping = False
         self.step: asyncio.Future[TaskOutcome] | None = None
         self.finishing: set[asyncio.Task[None]] = set()
+        self.download_failure: BaseException | None = None
         self.settled: asyncio.Event | None = None
         self.download_gate: asyncio.Semaphore | None = None
 
@@ -597,7 +619,8 @@ class _Run:
                 return
             if self.step is None:
                 self.step = asyncio.ensure_future(batch.__anext__())
-            waiters: set[asyncio.Future[Any]] = {self.step}
+            # The downloads too: the line a download writes may meet a closed stdout.
+            waiters: set[asyncio.Future[Any]] = {self.step, *self.finishing}
             settled = None
             if settle:
                 self.settled.clear()
@@ -608,6 +631,7 @@ class _Run:
             finally:
                 if settled is not None:
                     settled.cancel()
+            self._raise_download_failure()
             if not self.step.done():
                 continue
             step, self.step = self.step, None
@@ -627,7 +651,7 @@ class _Run:
         if outcome.ok and self.args.download is not None and task is not None and task.files:
             job = asyncio.ensure_future(self._save_files(outcome, task_id))
             self.finishing.add(job)
-            job.add_done_callback(self.finishing.discard)
+            job.add_done_callback(self._download_done)
             return
         self.write(self.line(outcome, task_id))
 
@@ -686,9 +710,26 @@ class _Run:
         if self.console is None:  # ASCII JSON: no control character, any stdout encoding
             write_out(json_line(line) + "\n")
 
+    def _download_done(self, job: asyncio.Task[None]) -> None:
+        """A download ended: keep the first exception it raised (e.g. `OutputClosed` from
+        writing its line) for `pump` or `finish_downloads` to raise."""
+        self.finishing.discard(job)
+        if job.cancelled():
+            return
+        problem = job.exception()
+        if problem is not None and self.download_failure is None:
+            self.download_failure = problem
+
+    def _raise_download_failure(self) -> None:
+        problem, self.download_failure = self.download_failure, None
+        if problem is not None:
+            raise problem
+
     async def finish_downloads(self) -> None:
         while self.finishing:
-            await asyncio.gather(*self.finishing)
+            await asyncio.wait(set(self.finishing), return_when=asyncio.FIRST_EXCEPTION)
+            self._raise_download_failure()
+        self._raise_download_failure()
 
     # -- stopping -----------------------------------------------------------------------------
 
@@ -764,6 +805,8 @@ async def _batch(run: _Run) -> int:
             except _Interrupted:
                 _say(args, "interrupted before anything started")
                 return INTERRUPTED
+            except sqlite3.Error as exc:
+                raise _Usage(f"cannot use the journal {run.journal.path}: {exc}") from None
             _announce(run, plan)
             batch = run.client.run_many(
                 run.items(plan),

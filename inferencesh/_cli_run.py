@@ -195,8 +195,11 @@ class _Interrupts:
         return False
 
     async def guard(self, work: Awaitable[T]) -> T:
-        """Await `work`; raise `_Interrupted` if Ctrl-C came before or during it."""
+        """Await `work`; raise `_Interrupted` if Ctrl-C came before or during it (then a
+        coroutine not started is closed, not left to warn that it was never awaited)."""
         if self._take():
+            if asyncio.iscoroutine(work):
+                work.close()
             raise _Interrupted
         target = asyncio.ensure_future(work)
         self._target = target

@@ -79,16 +79,30 @@ class MappingReads:
 
 
 def _plain(value: Any) -> Any:
-    """`value` as JSON-ready data: the one rule `MappingReads.to_dict` applies to each field."""
-    if isinstance(value, MappingReads):
-        return value.to_dict()
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value
+    """`value` as JSON-ready data: the one rule `MappingReads.to_dict` applies to each field.
+
+    Iterative, not recursive: a server's output may nest as deep as `loads` accepts, deeper
+    than the interpreter's recursion allows."""
+    root: list[Any] = [None]
+    # Each value still to convert, with the new container and the key it goes to.
+    pending: list[tuple[Any, Any, Any]] = [(value, root, 0)]
+    while pending:
+        item, parent, key = pending.pop()
+        if isinstance(item, MappingReads):
+            parent[key] = item.to_dict()
+        elif isinstance(item, enum.Enum):
+            parent[key] = item.value
+        elif isinstance(item, Mapping):
+            new = dict.fromkeys(item)  # the keys in their order; values filled in below
+            parent[key] = new
+            pending.extend((child, new, name) for name, child in item.items())
+        elif isinstance(item, list | tuple):
+            items = list(item)
+            parent[key] = items
+            pending.extend((child, items, index) for index, child in enumerate(items))
+        else:
+            parent[key] = item
+    return root[0]
 
 
 @attrs.frozen(slots=False)

@@ -21,7 +21,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
-from urllib.parse import unquote, unquote_to_bytes, urlsplit
+from urllib.parse import unquote, unquote_to_bytes
 
 import attrs
 
@@ -36,7 +36,7 @@ from ._exceptions import (
 )
 from ._retry import may_retry, retry_delay
 from ._streaming import StreamingOptions
-from ._transport import Transport, masked, shown
+from ._transport import Transport, masked, shown, split_url
 from ._wire import preview
 
 __all__ = [
@@ -213,6 +213,15 @@ def _bytes_source(data: bytes, filename: str, content_type: str) -> _Source:
     return _Source(filename, content_type, len(data), chunks, repeatable=True)
 
 
+async def _read(handle: IO[bytes]) -> bytes:
+    """The next chunk of an upload's source. A read that fails (a closed file, an I/O error)
+    is the caller's to see, as `UsageError`; the upload is not retried."""
+    try:
+        return await asyncio.to_thread(handle.read, _CHUNK)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"could not read the upload's content: {exc}") from None
+
+
 def _path_source(path: Path, filename: str | None, content_type: str | None) -> _Source:
     try:
         size = path.stat().st_size
@@ -229,7 +238,7 @@ def _path_source(path: Path, filename: str | None, content_type: str | None) -> 
             raise UsageError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
         sent = 0
         try:
-            while chunk := await asyncio.to_thread(handle.read, _CHUNK):
+            while chunk := await _read(handle):
                 sent += len(chunk)
                 if sent > size:
                     break
@@ -259,11 +268,14 @@ def _file_object_source(
     async def chunks() -> AsyncIterator[bytes]:
         nonlocal used
         if start is not None:
-            handle.seek(start)
+            try:
+                handle.seek(start)
+            except (OSError, ValueError) as exc:  # closed, say
+                raise UsageError(f"could not read the upload's content: {exc}") from None
         elif used:
             raise UsageError("this file object cannot be read twice (it is not seekable)")
         used = True
-        while chunk := await asyncio.to_thread(handle.read, _CHUNK):
+        while chunk := await _read(handle):
             if not isinstance(chunk, bytes | bytearray):
                 raise UsageError("a file to upload must be opened in binary mode ('rb')")
             yield bytes(chunk)
@@ -320,6 +332,7 @@ async def upload(
     upload_url = dto.get("upload_url")
     if not isinstance(upload_url, str) or not upload_url.startswith(("http://", "https://")):
         raise ProtocolError("POST /files gave no upload_url to send the content to")
+    split_url(upload_url, error=ProtocolError, what="the upload_url POST /files gave")
 
     async def attempt() -> None:
         done = 0
@@ -440,15 +453,16 @@ def _replace(value: Any, uris: Mapping[Any, str], depth: int) -> Any:
 # -- downloading -------------------------------------------------------------------------------
 
 
-def _target(file: File, dest: str | os.PathLike[str]) -> Path:
+def _target(file: File, dest: str | os.PathLike[str], url_path: str) -> Path:
     if not isinstance(dest, str | os.PathLike):
         raise UsageError(f"dest must be a path (str or os.PathLike), got {type(dest).__name__}")
     path = Path(dest)
     if path.is_dir():
-        name = file.filename or PurePosixPath(unquote(urlsplit(file.uri).path)).name
+        name = file.filename or PurePosixPath(unquote(url_path)).name
         name = os.path.basename(name.replace("\\", "/")).strip()
-        if name in ("", ".", ".."):
-            name = file.id or "download"
+        # A NUL cannot be in a file name (open() raises ValueError on it): such a name is unused.
+        if name in ("", ".", "..") or "\x00" in name:
+            name = file.id if file.id and "\x00" not in file.id else "download"
         return path / name
     if not path.parent.is_dir():
         raise UsageError(f"cannot save to {str(path)!r}: its folder does not exist")
@@ -472,7 +486,10 @@ async def download(
     file = file_or_uri if isinstance(file_or_uri, File) else File(uri=file_or_uri)
     if not isinstance(file.uri, str) or not file.uri.startswith(("http://", "https://")):
         raise UsageError(f"can only download http(s) URIs, got {masked(preview(file.uri))}")
-    target = _target(file, dest)
+    # A URL the caller gave is their mistake; one in a File (from the server) is the server's.
+    url_error = UsageError if isinstance(file_or_uri, str) else ProtocolError
+    parts = split_url(file.uri, error=url_error, what="the file's uri")
+    target = _target(file, dest, parts.path)
     partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
     state = _Received(target.name, file.size)
     failures = 0
@@ -498,11 +515,12 @@ async def download(
                 f"{_named(file)} gave {state.done} bytes, not the {state.total} announced"
             )
         os.replace(partial, target)
-    except OSError as exc:  # the local side: a folder where the file goes, a full disk, ...
-        raise UsageError(f"cannot save to {str(target)!r}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # the local side: a folder there, a full disk, ...
+        reason = exc.strerror if isinstance(exc, OSError) else None
+        raise UsageError(f"cannot save to {str(target)!r}: {reason or exc}") from None
     finally:
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-            partial.unlink()
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, ValueError):
+            partial.unlink()  # ValueError: a NUL in the dest the caller gave
     return target
 
 

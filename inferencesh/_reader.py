@@ -468,9 +468,9 @@ class StreamReader(Generic[R]):
             ) from error
         hint = self._retry_hint
         logger.info(
-            "stream of the %s interrupted (%s); reconnect %d/%d in %.2fs%s",
+            "stream of the %s interrupted (%r); reconnect %d/%d in %.2fs%s",
             self._codec.label,
-            error,
+            str(error),  # %r: the server's error text, escaped (no forged log lines)
             self._failures,
             self._options.max_retries,
             delay,

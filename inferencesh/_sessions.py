@@ -157,7 +157,7 @@ class AsyncSession:
         try:
             await self.end()
         except InferenceshError as failure:
-            logger.warning("could not end session %s after an error: %s", session_id, failure)
+            logger.warning("could not end session %s after an error: %r", session_id, str(failure))
 
     async def open(self) -> SessionInfo | None:
         """Start the session (what `async with` does); returns the server's view of it."""
@@ -193,8 +193,11 @@ class AsyncSession:
                 await self.keepalive()
             except (SessionEndedError, SessionExpiredError):
                 return  # the next call says so; nothing left to keep alive
+            except UsageError:
+                return  # the client is closed: this task must not outlive it
             except InferenceshError as exc:  # a blip: the next keepalive may get through
-                logger.warning("keepalive of session %s failed: %s", self._id, exc)
+                # %r: the server's error text, escaped, so it cannot forge log lines.
+                logger.warning("keepalive of session %s failed: %r", self._id, str(exc))
 
     @overload
     def run(

@@ -199,6 +199,8 @@ class SyncStream(Iterator[T]):
 # hundred small events: the blocking client takes up to this many events per hand-off (the
 # async client takes 64 per step, which keeps fewer objects alive at once).
 _SYNC_BATCH = 1024
+# How long `close()` lets cancelled work clean up when the client has no timeout of its own.
+_CLOSE_BOUND = 30.0
 
 
 def _iterate(
@@ -211,7 +213,7 @@ def _iterate(
     try:
         while True:
             try:
-                batch = client._start(reader.next_batch, _SYNC_BATCH).wait()
+                batch = client._start(_read, reader, _SYNC_BATCH).wait()
             except _Closed:
                 return  # the client was closed while this thread waited (or at exit)
             except UsageError:
@@ -225,6 +227,17 @@ def _iterate(
     finally:
         if not reader.ended:  # stopped early: release the connection
             client._close_soon(reader.aclose)
+
+
+async def _read(reader: StreamReader[Any], limit: int) -> list[Any] | None:
+    """One read of a blocking stream, on the loop. Cancelled (by `Inference.close` from another
+    thread, or Ctrl-C in the iterating one), it closes the reader before it ends, while the
+    client's connections are still open: a `cancel_on_close` stream cancels its task."""
+    try:
+        return await reader.next_batch(limit)
+    except asyncio.CancelledError:
+        await reader.aclose()
+        raise
 
 
 def _iterate_batch(client: Inference, batch: AsyncBatch) -> Generator[TaskOutcome, None, None]:
@@ -319,7 +332,12 @@ class Inference:
         **kwargs: Any,
     ) -> _Pending[T]:
         """Start `fn(*args, **kwargs)` on the loop (started on first use); wait with `.wait()`.
-        Under the lock, so that `close` cancels all the work started before it."""
+        Under the lock, so that `close` cancels all the work started before it. Refused on
+        the loop thread itself (a callback such as `on_messages`): it would wait for itself."""
+        if threading.get_ident() == self._loop_thread:
+            raise UsageError(
+                "a blocking call cannot be made from a callback on the client's own loop thread"
+            )
         with self._lock:
             if self._closed:
                 raise UsageError("the client is closed; create a new one")
@@ -426,20 +444,24 @@ class Inference:
         if portal is None or cm is None:
             return
         try:
-            portal.call(self._async.aclose)
-            # Cancel anything still running on the loop: calls and streams waiting in other
-            # threads then end (a stream stops; a call raises UsageError).
+            # Cancel anything still running on the loop first, while the connections are open
+            # for its clean-up (`cancel_on_close` cancels its task on the server): calls and
+            # streams waiting in other threads then end (a stream stops; a call raises
+            # UsageError).
             portal.call(self._cancel_running)
+            portal.call(self._async.aclose)
             portal.call(portal.stop, True)
         finally:
             cm.__exit__(None, None, None)
 
     async def _cancel_running(self) -> None:
-        """On the loop: cancel the work started by `_start` and wait until it has ended."""
+        """On the loop: cancel the work started by `_start` and wait until it has ended, for
+        its clean-up at most the client's timeout (30 s when it has none)."""
         tasks = list(self._running)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._async.timeout or _CLOSE_BOUND)
 
     @property
     def closed(self) -> bool:
@@ -743,7 +765,7 @@ class SyncBatch(Iterator[TaskOutcome]):
 
     def close(self) -> None:
         """Stop now: tasks in flight stop here and, unless told not to, on the server."""
-        self._client._call(self._batch.aclose)
+        self._client._close_soon(self._batch.aclose)
 
     def __enter__(self) -> Self:
         return self

@@ -149,7 +149,7 @@ def parse_proxy(value: str, *, source: str) -> Proxy:
         raise UsageError(f"{source} is not a proxy URL (empty, or control or non-ASCII characters)")
     if "://" not in value:
         value = "http://" + value  # as curl, requests and httpx read HOST:PORT
-    parts = urlsplit(value)
+    parts = split_url(value, error=UsageError, what=source)
     scheme = parts.scheme.lower()
     userinfo, at, hostport = parts.netloc.rpartition("@")
     if scheme not in ("http", "https"):
@@ -357,6 +357,16 @@ def logged(method: str, target: str) -> Iterator[_Exchange]:
 _HOST = re.compile(r"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
 
 
+def split_url(url: str, *, error: type[InferenceshError], what: str) -> SplitResult:
+    """`url` split into its parts. A URL `urlsplit` cannot read (a malformed IPv6 host, say)
+    raises `error`: `UsageError` for one the caller gave, `ProtocolError` for one the server
+    sent. The message names `what` and the URL as `shown` shows it, never its secrets."""
+    try:
+        return urlsplit(url)
+    except ValueError as exc:
+        raise error(f"{what} is not a valid URL ({exc}): {shown(url)}") from None
+
+
 def shown(target: str) -> str:
     """A request's target as logs and messages show it, without what may be secret. An API
     path keeps its query's parameter names but not their values. A whole URL is a presigned
@@ -461,6 +471,7 @@ class Transport:
         default_headers: Mapping[str, str] | None = None,
     ) -> None:
         configure_from_environment()  # INFERENCESH_LOG, read when the first client is made
+        split_url(base_url, error=UsageError, what="base_url")
         self.base_url = base_url.rstrip("/")
         self._on_messages = on_messages
         headers = validate_headers(default_headers)
@@ -517,7 +528,7 @@ class Transport:
             return self._proxy
         if not self._env_proxies:
             return None
-        parts = urlsplit(url)
+        parts = split_url(url, error=ProtocolError, what="the URL to request")
         proxy = self._env_proxies.get(parts.scheme) or self._env_proxies.get("all")
         if proxy is None or (self._no_proxy is not None and _bypassed(parts, self._no_proxy)):
             return None
@@ -657,9 +668,9 @@ class Transport:
                     or (when is not None and asyncio.get_running_loop().time() + delay > when)
                 ):
                     raise
-                logger.info(
-                    "%s failed (%s); retry %d/%d in %.2fs",
-                    what, error, failures, self._retry.max_retries, delay,
+                logger.info(  # %r: the server's error text, escaped (no forged log lines)
+                    "%s failed (%r); retry %d/%d in %.2fs",
+                    what, str(error), failures, self._retry.max_retries, delay,
                 )  # fmt: skip
                 await asyncio.sleep(delay)
 

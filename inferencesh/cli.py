@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import math
 import platform
 import signal
@@ -481,6 +482,17 @@ async def _serve_until_signalled(emulator: Emulator, host: str, port: int) -> No
 # and _cli_agent, imported when they run) ---------------------------------------------------------
 
 
+def _lazy(module: str, name: str) -> _Handler:
+    """The handler `name` of `inferencesh.<module>`, imported when the command runs (so that
+    `--help` and `serve` never import the client, rich or the batch journal)."""
+
+    def handler(args: argparse.Namespace) -> int:
+        command: _Handler = getattr(importlib.import_module(f"inferencesh.{module}"), name)
+        return command(args)
+
+    return handler
+
+
 def _add_target(parser: argparse.ArgumentParser, *, local: bool = True) -> None:
     """--base-url and --api-key, and --local for the commands that start their own work (an
     emulator started for `get`, `cancel` or `attach` would know no task)."""
@@ -519,13 +531,7 @@ def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
         metavar="DIR",
         help="once the task completes, save its output files in DIR (with a progress bar)",
     )
-    parser.set_defaults(handler=_run, parser=parser)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from ._cli_run import run_command
-
-    return run_command(args)
+    parser.set_defaults(handler=_lazy("_cli_run", "run_command"), parser=parser)
 
 
 def _add_attach(commands: argparse._SubParsersAction[_Parser]) -> None:
@@ -554,13 +560,7 @@ def _add_attach(commands: argparse._SubParsersAction[_Parser]) -> None:
         action="store_true",
         help="on Ctrl-C (or a closed output pipe), cancel the task instead of leaving it running",
     )
-    parser.set_defaults(handler=_attach, parser=parser)
-
-
-def _attach(args: argparse.Namespace) -> int:
-    from ._cli_run import attach_command
-
-    return attach_command(args)
+    parser.set_defaults(handler=_lazy("_cli_run", "attach_command"), parser=parser)
 
 
 def _add_get(commands: argparse._SubParsersAction[_Parser]) -> None:
@@ -579,13 +579,7 @@ def _add_get(commands: argparse._SubParsersAction[_Parser]) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object, with the keys run --json uses"
     )
-    parser.set_defaults(handler=_get, parser=parser)
-
-
-def _get(args: argparse.Namespace) -> int:
-    from ._cli_run import get_command
-
-    return get_command(args)
+    parser.set_defaults(handler=_lazy("_cli_run", "get_command"), parser=parser)
 
 
 def _add_cancel(commands: argparse._SubParsersAction[_Parser]) -> None:
@@ -600,13 +594,7 @@ def _add_cancel(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     parser.add_argument("task_id", metavar="TASK_ID", help="the task, e.g. task_...")
     _add_target(parser, local=False)
-    parser.set_defaults(handler=_cancel, parser=parser)
-
-
-def _cancel(args: argparse.Namespace) -> int:
-    from ._cli_run import cancel_command
-
-    return cancel_command(args)
+    parser.set_defaults(handler=_lazy("_cli_run", "cancel_command"), parser=parser)
 
 
 def _add_agent(commands: argparse._SubParsersAction[_Parser]) -> None:
@@ -627,13 +615,7 @@ def _add_agent(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="continue this chat (the id an earlier agent command printed) instead of a new one",
     )
     _add_target(parser)
-    parser.set_defaults(handler=_agent, parser=parser)
-
-
-def _agent(args: argparse.Namespace) -> int:
-    from ._cli_agent import agent_command
-
-    return agent_command(args)
+    parser.set_defaults(handler=_lazy("_cli_agent", "agent_command"), parser=parser)
 
 
 def _add_batch(commands: argparse._SubParsersAction[_Parser]) -> None:
@@ -688,13 +670,7 @@ def _add_batch(commands: argparse._SubParsersAction[_Parser]) -> None:
         action="store_true",
         help="on Ctrl-C, leave the started tasks running (a rerun re-attaches to them)",
     )
-    parser.set_defaults(handler=_batch, parser=parser)
-
-
-def _batch(args: argparse.Namespace) -> int:
-    from ._cli_batch import batch_command
-
-    return batch_command(args)
+    parser.set_defaults(handler=_lazy("_cli_batch", "batch_command"), parser=parser)
 
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction[_Parser]], None]] = [

@@ -235,6 +235,15 @@ def client(server: str) -> Iterator[Inference]:
     assert [] == sdk_threads()
 
 
+@pytest.mark.parametrize("bad", [123, "", " padded", "chat\n1", "c" * 1025])
+def test_an_unusable_chat_id_is_a_usage_error(client: Inference, bad: Any) -> None:
+    """A chat_id goes into URL paths (`/chats/{id}/stop`): one that cannot (not a string,
+    empty, control characters) is refused when the agent is made, as a task id is."""
+    with pytest.raises(UsageError, match="chat_id"):
+        client.agent(AGENT, chat_id=bad)
+    assert client.agent(AGENT, chat_id="chat/1").chat_id == "chat/1"  # quoted in paths
+
+
 def _answers(agent: Any) -> Any:
     return lambda call: agent.submit_tool_result(call.id, "ok")
 

@@ -8,14 +8,14 @@ deadline; `inferencesh.progress` is also driven directly with a rich Console on 
 from __future__ import annotations
 
 import asyncio
+import gc
+import inspect
 import io
 import json
 import re
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -368,39 +368,38 @@ def test_ctrl_c_with_json_output_on_a_pipe_cancels_too(emu: Emulator, server: st
     assert emu.wait_until(lambda e: (e.task_snapshot(task_id) or {}).get("status") == 12)
 
 
+@pytest.mark.anyio
+async def test_ctrl_c_between_guarded_steps_closes_the_step_it_does_not_start() -> None:
+    """A Ctrl-C that came before a guarded step: `_Interrupted`, and the step's coroutine is
+    closed, not dropped un-awaited (its RuntimeWarning would be an error here)."""
+    from inferencesh._cli_run import _Interrupted, _Interrupts
+
+    ran: list[str] = []
+
+    async def step() -> None:
+        ran.append("step")
+
+    with _Interrupts() as interrupts:
+        interrupts._on_sigint()  # Ctrl-C between two steps: nothing guarded is running
+        work = step()
+        with pytest.raises(_Interrupted):
+            await interrupts.guard(work)
+        assert inspect.CORO_CLOSED == inspect.getcoroutinestate(work)
+        assert 1 == await interrupts.guard(asyncio.sleep(0, 1))  # that Ctrl-C is handled
+    assert [] == ran
+    del work
+    gc.collect()
+
+
 # -- agent ----------------------------------------------------------------------------------------
 
 
-def _agents_available(url: str) -> bool:
-    """Whether this emulator serves `POST /agents/run` (another change adds it)."""
-    request = urllib.request.Request(
-        f"{url}/agents/run",
-        data=json.dumps({"agent": AGENT, "input": {"text": "ping"}}).encode(),
-        headers={"Authorization": "Bearer k", "Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10):
-            return True
-    except urllib.error.HTTPError as exc:
-        return exc.code != 404
-    except urllib.error.URLError:
-        return False
-
-
-@pytest.fixture
-def agent_server(server: str) -> str:
-    if not _agents_available(server):
-        pytest.skip("the emulator does not serve POST /agents/run yet (agent endpoints pending)")
-    return server
-
-
 def test_agent_streams_the_answer_and_rejects_client_tools(
-    agent_server: str, capsys: pytest.CaptureFixture[str]
+    server: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """In a pipe: the answer on stdout; thinking and the tool note on stderr; the run ends."""
     code, out, err = run_main(
-        capsys, "agent", AGENT, "What is the weather?", "--base-url", agent_server, "--api-key", "k"
+        capsys, "agent", AGENT, "What is the weather?", "--base-url", server, "--api-key", "k"
     )
     assert 0 == code, err
     assert out.strip()
@@ -412,9 +411,9 @@ def test_agent_streams_the_answer_and_rejects_client_tools(
     assert "Traceback" not in err
 
 
-def test_agent_live_under_a_pseudo_terminal(agent_server: str) -> None:
+def test_agent_live_under_a_pseudo_terminal(server: str) -> None:
     """On a terminal: thinking dimmed, the note in yellow, then the answer."""
-    args = ["agent", AGENT, "Explain quantum entanglement", "--base-url", agent_server]
+    args = ["agent", AGENT, "Explain quantum entanglement", "--base-url", server]
     with child(*args, "--api-key", "k", tty=True) as proc:
         code, text = proc.finish(timeout=60)
     raw = proc.raw.decode("utf-8", "replace")
@@ -425,7 +424,7 @@ def test_agent_live_under_a_pseudo_terminal(agent_server: str) -> None:
     assert "\x1b[33m" in raw  # yellow
 
 
-def test_ctrl_c_stops_the_agent_run(agent_server: str, emu: Emulator) -> None:
+def test_ctrl_c_stops_the_agent_run(server: str, emu: Emulator) -> None:
     """SIGINT while the agent works: the chat's run is stopped on the server (by one request),
     exit 130."""
 
@@ -434,7 +433,7 @@ def test_ctrl_c_stops_the_agent_run(agent_server: str, emu: Emulator) -> None:
         await asyncio.Event().wait()  # until the run is stopped
 
     emu.register_agent("acme/slow", ponder)
-    args = ["agent", "acme/slow", "hi", "--base-url", agent_server, "--api-key", "k"]
+    args = ["agent", "acme/slow", "hi", "--base-url", server, "--api-key", "k"]
     with child(*args, tty=False, env={"INFERENCESH_LOG": "debug"}) as proc:  # a line a request
         proc.read_until(lambda text: "[thinking] pondering" in text)
         proc.proc.send_signal(signal.SIGINT)

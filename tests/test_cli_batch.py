@@ -296,6 +296,26 @@ def test_usage_errors_exit_2(
     assert "already holds results" in err
 
 
+def test_a_journal_error_while_planning_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal failing as the run plans (its first writes): exit 2 with one line, no
+    traceback."""
+    from inferencesh import _cli_batch
+
+    def broken(self: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(_cli_batch._Journal, "requeue_unconfirmed", broken)
+    inputs = write_inputs(tmp_path, [{"sim": QUICK}])
+    code, out, err = run_main(capsys, "batch", APP, str(inputs), "--local", "--json")
+    assert (2, "") == (code, out)
+    journal = tmp_path / "inputs.results.jsonl.journal.sqlite3"
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert f"inferencesh batch: error: cannot use the journal {journal}: disk I/O error" == last
+
+
 # -- crashes and reruns, against an emulator served by the test -----------------------------------
 
 
@@ -564,6 +584,34 @@ def test_no_cancel_leaves_tasks_running_and_a_rerun_reattaches(
     for index, task_id in started.items():
         assert task_id == lines[index]["task_id"]
     assert [0, 1, 2] == sorted(calls)  # no input ran twice
+
+
+def test_a_journal_another_run_holds_is_refused(
+    emu: Emulator, server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two runs with one --journal but each its own --out: the second is refused (exit 2, one
+    line), as for a results file in use, and the first goes on to complete its batch."""
+    calls: list[int] = []
+    gate = Gate(open=False)
+    emu.register_app(COUNTED, counting_app(calls, gate))
+    inputs = write_inputs(tmp_path, [{"i": i} for i in range(2)])
+    journal = tmp_path / "shared.journal.sqlite3"
+    first = batch_args(inputs, server, "--journal", str(journal), "--out", str(tmp_path / "a"))
+    second = batch_args(inputs, server, "--journal", str(journal), "--out", str(tmp_path / "b"))
+    with child(*first, "--json", tty=False) as proc:
+        assert wait_for(emu, lambda: len(calls) == 2 and count_state(journal, "started") == 2)
+        code, out, err = run_main(capsys, *second, "--json")
+        assert (2, "") == (code, out)
+        assert "Traceback" not in err
+        last = err.splitlines()[-1]
+        assert f"inferencesh batch: error: {journal} is in use by another inferencesh batch" == last
+        assert {"started"} == {state for state, _ in journal_rows(journal).values()}
+        gate.open()
+        code, text = proc.finish(timeout=60)
+    assert 0 == code, text
+    assert [0, 1] == sorted(line["index"] for line in result_lines(tmp_path / "a"))
+    assert 0 == size(tmp_path / "b")
+    assert [0, 1] == sorted(calls)
 
 
 def test_a_started_task_the_server_no_longer_knows_is_reported(

@@ -490,19 +490,25 @@ def test_closed_pipe_in_attach_detaches_quietly(apps: str) -> None:
         client.cancel_task(task_id)
 
 
-def test_closed_pipe_in_batch_stops_it_as_ctrl_c_does(apps: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("download", [False, True])
+def test_closed_pipe_in_batch_stops_it_as_ctrl_c_does(
+    apps: str, tmp_path: Path, download: bool
+) -> None:
     """A batch whose output pipe closes: exit 141, its running task cancelled, a rerun can go
-    on (the journal records it)."""
+    on (the journal records it). With `--download` the line is written by the task that saved
+    the files: the closed pipe it meets stops the batch all the same."""
     inputs = tmp_path / "inputs.jsonl"
     lines = [{"sim": {"steps": 1, "step_delay": 0}},
              {"sim": {"steps": 4, "step_delay": 0.25}},
              {"sim": {"hold": True}}]  # fmt: skip
     inputs.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
-    with piped("batch", APP, str(inputs), *target(apps), "--concurrency", "3") as proc:
+    extra = ["--download", str(tmp_path / "media")] if download else []
+    with piped("batch", APP, str(inputs), *target(apps), "--concurrency", "3", *extra) as proc:
         line, code, err = close_after_first_line(proc)
     assert 0 == json.loads(line)["index"]
     assert 141 == code, err
     assert b"Traceback" not in err
+    assert b"never retrieved" not in err
     assert b"output closed: " in err
     journal = tmp_path / "inputs.results.jsonl.journal.sqlite3"
     with contextlib.closing(sqlite3.connect(journal)) as db:

@@ -630,3 +630,22 @@ def test_fast_constructors_build_what_init_builds(
         )
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         fast.status = TaskStatus.FAILED  # type: ignore[misc]
+
+
+def test_to_dict_of_output_nested_as_deep_as_loads_allows() -> None:
+    """Output nested 511 deep (`loads` accepts up to 512) converts without RecursionError,
+    into new containers (the update's own output is not shared), in the keys' order."""
+    from inferencesh._wire import MAX_JSON_DEPTH, loads
+
+    depth = MAX_JSON_DEPTH - 1
+    text = '{"a": 1, "b": ' * (depth - 1) + '[1, "x"]' + "}" * (depth - 1)
+    output = loads(text.encode())
+    update = _read({"id": "t", "status": "completed", "output": output})
+    data = update.to_dict()
+    level, seen = data["output"], 1
+    while isinstance(level, dict):
+        assert list(level) == ["a", "b"]
+        level, seen = level["b"], seen + 1
+    assert (level, seen) == ([1, "x"], depth)
+    assert data["output"] is not update.output
+    assert data["status"] == TaskStatus.COMPLETED.value

@@ -149,8 +149,9 @@ async def test_download_refuses_what_it_cannot_save(tmp_path: Path) -> None:
 
 
 @asynccontextmanager
-async def files_api() -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    """`POST /files` and a presigned `PUT` on another port, recording what they were sent."""
+async def files_api(upload_url: str | None = None) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """`POST /files` and a presigned `PUT` on another port, recording what they were sent
+    (`upload_url`: the presigned URL `POST /files` gives instead of the real one)."""
     seen: dict[str, Any] = {"puts": [], "posts": []}
 
     async def put(request: web.Request) -> web.Response:
@@ -176,7 +177,7 @@ async def files_api() -> AsyncIterator[tuple[str, dict[str, Any]]]:
             {
                 "id": f"file_{index}",
                 "uri": f"https://cdn.example/{index}/{spec['filename']}",
-                "upload_url": f"http://127.0.0.1:{storage_port}/upload/{index}",
+                "upload_url": upload_url or f"http://127.0.0.1:{storage_port}/upload/{index}",
                 "filename": spec["filename"],
                 "content_type": spec["content_type"],
                 "size": spec["size"],
@@ -428,3 +429,78 @@ async def test_an_error_answer_in_pieces_is_read_whole() -> None:
         server.close()
         await server.wait_closed()
     assert [r.key for r in info.value.errors] == ["K"]
+
+
+MALFORMED = "https://[::1/x"  # urlsplit raises ValueError on it (a broken IPv6 host)
+
+
+async def test_a_malformed_url_is_typed_by_whose_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URL `urlsplit` cannot read: the server's (a File's uri, an upload_url) is a
+    `ProtocolError`, the caller's a `UsageError`, never a raw ValueError; with a proxy in the
+    environment too (which splits each URL to pick a proxy)."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    async with (
+        files_api(upload_url=MALFORMED) as (url, seen),
+        async_inference(api_key="k", base_url=url, streaming_options=FAST) as client,
+    ):
+        with pytest.raises(ProtocolError, match="upload_url"):
+            await client.upload_file(b"content")
+        with pytest.raises(ProtocolError, match="uri"):
+            await client.download(File(uri=MALFORMED, filename="f.bin"), tmp_path)
+        with pytest.raises(UsageError, match="uri"):
+            await client.download(MALFORMED, tmp_path)
+    assert seen["puts"] == []
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_nul_in_a_name_is_never_a_raw_value_error(tmp_path: Path) -> None:
+    """A server's file name with a NUL in it is not used (the file's id is); a destination the
+    caller gave with one is a `UsageError`."""
+    async with (
+        blob_server(cut_first=False) as (url, _),
+        async_inference(api_key="k", streaming_options=FAST) as client,
+    ):
+        saved = await client.download(File(uri=url, id="file_1", filename="a\x00b.bin"), tmp_path)
+        assert saved == tmp_path / "file_1"
+        assert saved.read_bytes() == BLOB
+        with pytest.raises(UsageError, match="cannot save to"):
+            await client.download(File(uri=url), tmp_path / "x\x00y.bin")
+    assert [path.name for path in tmp_path.iterdir()] == ["file_1"]
+
+
+async def test_an_upload_source_that_cannot_be_read_is_a_usage_error() -> None:
+    """A closed file object, a read or a seek that fails: `UsageError`, raised as itself (not
+    a network error) and not retried."""
+
+    class Failing(io.BytesIO):
+        reads = 0
+
+        def read(self, size: int | None = -1) -> bytes:
+            Failing.reads += 1
+            if Failing.reads > 1:
+                raise OSError(5, "Input/output error")
+            return super().read(min(size or 1, 1000))
+
+    class SeekFails(io.BytesIO):
+        seeks = 0
+
+        def seek(self, offset: int, whence: int = 0) -> int:
+            SeekFails.seeks += 1
+            if SeekFails.seeks > 2:  # past the two that measure it
+                raise OSError(5, "Input/output error")
+            return super().seek(offset, whence)
+
+    closed = io.BytesIO(b"gone")
+    closed.close()
+    async with files_api() as (url, seen), async_inference(api_key="k", base_url=url) as client:
+        with pytest.raises(UsageError, match="could not read the upload's content"):
+            await client.upload_file(closed, filename="c.bin")
+        with pytest.raises(UsageError, match=r"could not read the upload's content: .*Input"):
+            await client.upload_file(Failing(b"z" * 600_000), filename="f.bin")
+        assert Failing.reads == 2, "not retried"
+        with pytest.raises(UsageError, match=r"could not read the upload's content: .*Input"):
+            await client.upload_file(SeekFails(b"s" * 10), filename="s.bin")
+        assert SeekFails.seeks == 3, "not retried"
+    assert len(seen["posts"]) == 3

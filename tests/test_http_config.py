@@ -358,6 +358,25 @@ async def test_unusable_environment_proxy_is_ignored_with_a_warning(
     assert SECRET not in caplog.text
 
 
+async def test_malformed_environment_proxy_is_ignored_with_a_warning(
+    server: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy URL `urlsplit` cannot read (a broken IPv6 host) is skipped as any other unusable
+    one, not raised from the client's constructor as a ValueError."""
+    monkeypatch.setenv("HTTPS_PROXY", f"http://user:{SECRET}@[::1:8080")
+    with caplog.at_level(logging.DEBUG):
+        async with async_inference(api_key=KEY, base_url=server) as client:
+            assert "completed" == (await client.run(SIM)).status
+    assert "HTTPS_PROXY" in caplog.text
+    assert SECRET not in caplog.text
+
+
+@pytest.mark.parametrize("factory", [async_inference, inference])
+def test_malformed_base_url_is_a_usage_error(factory: Callable[..., Any]) -> None:
+    with pytest.raises(UsageError, match="base_url"):
+        factory(api_key=KEY, base_url="http://[::1:8080")
+
+
 @pytest.mark.parametrize(
     ("url", "no_proxy", "bypassed"),
     [
@@ -520,7 +539,12 @@ async def test_connect_to_a_proxy_carries_neither_the_key_nor_default_headers() 
 
 @pytest.mark.parametrize(
     "bad",
-    ["socks5://user:" + SECRET + "@127.0.0.1:1080", "http://user:" + SECRET + "@", "http://h:x1/"],
+    [
+        "socks5://user:" + SECRET + "@127.0.0.1:1080",
+        "http://user:" + SECRET + "@",
+        "http://h:x1/",
+        "http://user:" + SECRET + "@[::1:8080",  # urlsplit raises ValueError on it
+    ],
 )
 @pytest.mark.parametrize("factory", [async_inference, inference])
 def test_unusable_proxy_argument_is_a_usage_error(factory: Callable[..., Any], bad: str) -> None:
@@ -528,6 +552,49 @@ def test_unusable_proxy_argument_is_a_usage_error(factory: Callable[..., Any], b
         factory(api_key=KEY, base_url="http://127.0.0.1:9", proxy=bad)
     assert SECRET not in str(info.value)
     assert "proxy" in str(info.value)
+
+
+# -- logs ----------------------------------------------------------------------------------------
+
+
+async def test_a_servers_error_text_cannot_forge_log_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server's error text goes into the retry and reconnect log lines escaped: a newline
+    in it cannot start a line of its own."""
+    from aiohttp import web
+
+    forged = "boom\nERROR inferencesh forged line"
+
+    async def failing(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": forged}}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/tasks/{id}", failing)
+    app.router.add_get("/tasks/{id}/stream", failing)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    quick = RetryPolicy(max_retries=1, retry_delay=0.01, retry_jitter=0.0)
+    options = inferencesh.StreamingOptions(max_retries=1, retry_delay=0.01, retry_jitter=0.0)
+    try:
+        with caplog.at_level(logging.INFO, logger="inferencesh"):
+            async with async_inference(api_key=KEY, base_url=url, retry=quick) as client:
+                with pytest.raises(APIStatusError):
+                    await client.get_task("t1")
+                with pytest.raises(InferenceshError):
+                    async for _ in client.stream_task("t1", options):
+                        pass
+    finally:
+        await runner.cleanup()
+    retried = [r.getMessage() for r in caplog.records if "retry 1/1" in r.getMessage()]
+    reconnected = [r.getMessage() for r in caplog.records if "reconnect 1/1" in r.getMessage()]
+    assert retried, caplog.text
+    assert reconnected, caplog.text
+    for message in retried + reconnected:
+        assert "\n" not in message, message
+        assert "boom\\nERROR" in message, message
 
 
 # -- default headers ----------------------------------------------------------------------------

@@ -45,16 +45,30 @@ def github_slug(heading: str) -> str:
     return text.replace(" ", "-")
 
 
-def heading_anchors(markdown: str) -> set[str]:
-    """Every heading's anchor; a repeated one gets `-1`, `-2`... as GitHub and PyPI number it."""
-    anchors: set[str] = set()
+def headings(markdown: str) -> list[tuple[int, str]]:
+    """Every heading's level and anchor, in order; a repeated anchor gets `-1`, `-2`... as
+    GitHub and PyPI number it."""
+    found: list[tuple[int, str]] = []
     counts: dict[str, int] = {}
     for match in ATX_HEADING.finditer(_prose(markdown)):
+        level = len(match.group(0).lstrip(" ")) - len(match.group(0).lstrip(" ").lstrip("#"))
         slug = github_slug(match.group(1))
         seen = counts.get(slug, 0)
         counts[slug] = seen + 1
-        anchors.add(slug if seen == 0 else f"{slug}-{seen}")
-    return anchors
+        found.append((level, slug if seen == 0 else f"{slug}-{seen}"))
+    return found
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """Every heading's anchor."""
+    return {anchor for _, anchor in headings(markdown)}
+
+
+def contents_anchors(markdown: str) -> list[str]:
+    """The anchors the README's `Contents:` paragraph links to, in order."""
+    found = re.search(r"^Contents:(.*?)(?:\n\s*\n|\Z)", _prose(markdown), re.M | re.S)
+    assert found is not None, "the README has no `Contents:` paragraph"
+    return [target[1:] for target in link_targets(found.group(1)) if target.startswith("#")]
 
 
 def link_targets(markdown: str) -> list[str]:
@@ -74,6 +88,7 @@ def test_the_link_parser_finds_every_kind_of_link() -> None:
         "```bash\n# not a heading\n[not](a-link)\n```\n"
     )
     assert {"top-x", "top-x-1", "files", "files-1"} == heading_anchors(sample)
+    assert [(1, "top-x"), (2, "top-x-1"), (2, "files"), (3, "files-1")] == headings(sample)
     expected = ["#top-x", "https://e.org/i.png", "d.md", "https://h.org", "https://g.org"]
     assert [*expected, "i.html"] == link_targets(sample)
 
@@ -94,6 +109,17 @@ def test_every_readme_link_is_absolute_or_an_existing_anchor() -> None:
     assert [] == broken, (
         "README.md is the package index page: link to https:// URLs or to an existing heading "
         f"(#anchor), and name repository files in code font; anchors: {sorted(anchors)}"
+    )
+
+
+def test_the_contents_line_names_every_section_in_order() -> None:
+    """The `Contents:` paragraph at the top links to each `## ` section, in the README's order,
+    and to nothing else."""
+    markdown = README.read_text(encoding="utf-8")
+    sections = [anchor for level, anchor in headings(markdown) if level == 2]
+    assert sections, "the README has `## ` sections; the parser found none"
+    assert sections == contents_anchors(markdown), (
+        "README.md's Contents line must link to every `## ` section, in order"
     )
 
 

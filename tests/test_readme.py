@@ -130,7 +130,7 @@ def _subparser(name: str) -> argparse.ArgumentParser:
     raise AssertionError("no subcommands")
 
 
-@pytest.mark.parametrize("command", ["serve", "run", "batch", "agent"])
+@pytest.mark.parametrize("command", ["serve", "run", "attach", "get", "cancel", "batch", "agent"])
 def test_every_cli_flag_is_documented(command: str) -> None:
     text = README.read_text(encoding="utf-8")
     flags = [

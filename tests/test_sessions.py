@@ -116,6 +116,28 @@ async def test_keepalives_keep_a_session_past_its_idle_timeout() -> None:
         assert (await session.run({"still": "here"})).output["input"] == {"still": "here"}
 
 
+async def test_the_keepalive_task_ends_with_its_client(caplog: pytest.LogCaptureFixture) -> None:
+    """Once the client is closed, the session's keepalive task ends at its next beat, rather
+    than take "the client is closed" for a network blip and log it every interval."""
+    import asyncio
+
+    emu = _emulator()
+    async with serve(emu) as url:
+        client = async_inference(api_key="k", base_url=url)
+        session = client.session("acme/echo", idle_timeout=1)  # a beat every third of a second
+        await session.open()
+        keeper = session._keeper
+        assert keeper is not None
+        assert not keeper.done()
+        with caplog.at_level(logging.WARNING, logger="inferencesh"):
+            await client.aclose()
+            async with asyncio.timeout(5):
+                await asyncio.wait([keeper])
+        assert not keeper.cancelled()
+        assert keeper.exception() is None
+        assert "keepalive" not in caplog.text
+
+
 def test_a_blocking_session() -> None:
     from inferencesh.local import serve_in_thread
 

@@ -12,12 +12,21 @@ import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 import pytest
 from hostile import refused_url
 
-from inferencesh import Inference, inference
+from inferencesh import (
+    ConnectionEvent,
+    Inference,
+    StreamingOptions,
+    TaskStatus,
+    UsageError,
+    inference,
+)
 from inferencesh._sync_client import _Closed
+from inferencesh.local import AppContext, Emulator
 
 BOUND = 5.0  # seconds: far below the client's 30 s timeout, far above a busy machine's hiccup
 
@@ -63,25 +72,83 @@ def test_ctrl_c_before_relayed_work_starts_leaves_at_once(client: Inference) -> 
         ran.append(1)
         await asyncio.sleep(BOUND)
 
+    gate = hold_loop(client)
+
     def interrupt(signum: int, frame: FrameType | None) -> None:
+        # Free the loop thread only once the interrupt has landed, a little later.
+        threading.Timer(0.2, gate.set).start()
         raise KeyboardInterrupt
 
-    gate = hold_loop(client)
     # SIGUSR1, not SIGALRM: pytest-timeout's own alarm must stay in place.
     previous = signal.signal(signal.SIGUSR1, interrupt)
     signaller = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGUSR1))
-    releaser = threading.Timer(0.3, gate.set)  # after the interrupt, free the loop thread
     try:
         signaller.start()
-        releaser.start()
         started = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
             client._relay(work)
         elapsed = time.monotonic() - started
     finally:
         signaller.cancel()
-        releaser.cancel()
         gate.set()
         signal.signal(signal.SIGUSR1, previous)
     assert elapsed < BOUND
     assert [] == ran
+
+
+def test_a_blocking_call_from_a_loop_thread_callback_is_refused(server: str) -> None:
+    """A callback that runs on the client's loop thread cannot wait for that thread."""
+    seen: list[BaseException] = []
+
+    def call_back(event: ConnectionEvent) -> None:
+        try:
+            client.get_task("task_1")
+        except BaseException as exc:
+            seen.append(exc)
+
+    with inference(api_key="k", base_url=server) as client:
+        options = StreamingOptions(on_connection=call_back)
+        final = list(client.run({"app": "x/y", "input": {}}, stream=True, options=options))[-1]
+    assert TaskStatus.COMPLETED is final.status
+    assert seen
+    assert all(isinstance(exc, UsageError) for exc in seen)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_closing_the_client_under_a_cancel_on_close_call_cancels_its_task(
+    emu: Emulator, server: str, stream: bool
+) -> None:
+    """`close()` from another thread while a `cancel_on_close` stream or wait is running:
+    the task is cancelled on the server (the clean-up runs before the connections close)."""
+    started = threading.Event()
+    ids: list[str] = []
+
+    async def waits(input: dict[str, Any], ctx: AppContext) -> Any:
+        ids.append(ctx.task_id)
+        started.set()
+        await asyncio.Event().wait()
+
+    emu.register_app("acme/waits", waits)
+    errors: list[BaseException] = []
+    client = inference(api_key="k", base_url=server)
+    config = {"app": "acme/waits", "input": {}}
+
+    def consume() -> None:
+        try:
+            if stream:
+                for _ in client.run(config, stream=True, cancel_on_close=True):
+                    pass
+            else:
+                client.run(config, cancel_on_close=True)
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=consume)
+    worker.start()
+    assert started.wait(BOUND)
+    client.close()
+    worker.join(BOUND)
+    assert not worker.is_alive()
+    with inference(api_key="k", base_url=server) as observer:
+        status = observer.get_task(ids[0]).status
+    assert status in (TaskStatus.CANCELLED, TaskStatus.CANCELLING), (status, errors)
