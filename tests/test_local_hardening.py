@@ -33,7 +33,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inferencesh.cli import main
-from inferencesh.local import EmulatorOptions, HttpLimits, serve, serve_in_thread
+from inferencesh.local import (
+    AppContext,
+    Emulator,
+    EmulatorOptions,
+    HttpLimits,
+    serve,
+    serve_in_thread,
+)
 
 KEY = "Bearer test-key"
 AUTH = f"Authorization: {KEY}\r\n".encode()
@@ -192,6 +199,10 @@ def nested(depth: int) -> bytes:
     return ('{"app": "a/b", "input": {"x": ' + (inner or "0") + "}}").encode()
 
 
+# An unterminated string of escaped quotes: a backtracking string regex takes quadratic time on it.
+UNTERMINATED = b'"' + b'\\"' * 32000
+
+
 HOSTILE_BODIES = [
     pytest.param(b'{"app": "a/b", "input": {"x": NaN}}', r"field 'input\.x': NaN is not", id="nan"),
     pytest.param(b'{"app": "a/b", "input": {"x": Infinity}}', r"'input\.x': Infinity", id="inf"),
@@ -210,6 +221,7 @@ HOSTILE_BODIES = [
         b'{"app": "a/b", "input": {"s": "\\ud800"}}', r"'input\.s': .*surrogate", id="lone"
     ),
     pytest.param(b'{"app": "a/b", "input": {"s": [1, 2', "not valid JSON", id="truncated"),
+    pytest.param(UNTERMINATED, "not valid JSON", id="unterminated-escapes"),
 ]
 
 
@@ -224,6 +236,21 @@ async def test_hostile_json_is_400_naming_the_problem(
     answer.problem(400, detail)
     line = logs.assert_one_rejection(400)
     assert line.startswith(f"rejected POST {route}: 400 ")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("size", [64 * 1024, 1024 * 1024 - 2])
+async def test_unterminated_string_is_answered_quickly(
+    shared: str, logs: Recorder, size: int
+) -> None:
+    """`"` + `\\"` * n (64 KiB up to the 1 MiB limit) is a 400 well within 2 s, not minutes."""
+    body = (b'"' + b'\\"' * size)[:size]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answer = await exchange(shared, request("POST", "/apps/run", body))
+    assert loop.time() - started < 2
+    answer.problem(400, "not valid JSON")
+    logs.assert_one_rejection(400)
 
 
 @pytest.mark.anyio
@@ -695,6 +722,46 @@ async def test_busy_connections_are_not_closed_for_a_newcomer(logs: Recorder) ->
     logs.assert_quiet()
 
 
+@pytest.mark.anyio
+async def test_a_stream_reader_that_never_reads_is_cut_after_write_timeout(
+    logs: Recorder,
+) -> None:
+    """A stream whose client reads nothing is cut once a write waits `write_timeout`: its
+    handler ends and its connection slot is freed, so the next client is served."""
+    assert HttpLimits().write_timeout == 30
+    stop = asyncio.Event()
+    blob = "x" * 65536
+
+    async def firehose(data: dict[str, Any], ctx: AppContext) -> Any:
+        while not stop.is_set():
+            ctx.partial({"blob": blob})
+            await asyncio.sleep(0.001)
+        return {}
+
+    http = HttpLimits(max_connections=1, write_timeout=0.5)
+    emu = Emulator(EmulatorOptions(**FAST, max_events_per_task=50, http=http))  # type: ignore[arg-type]
+    emu.register_app("test/firehose", firehose)
+    loop = asyncio.get_running_loop()
+    async with serve(emu) as url:
+        created = await exchange(url, request("POST", "/apps/run", b'{"app": "test/firehose"}'))
+        task_id = json.loads(created.body)["data"]["id"]
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address(url))
+            await loop.sock_sendall(sock, request("GET", f"/tasks/{task_id}/stream", extra=NDJSON))
+            assert await emu.async_wait_until(lambda e: e.open_streams == 1)
+            started = loop.time()  # from here on nothing is read from `sock`
+            assert await emu.async_wait_until(lambda e: e.open_streams == 0, timeout=10)
+            assert loop.time() - started < 10
+            (await exchange(url, request("GET", "/tasks/task_nope"))).problem(404, "not found")
+        finally:
+            stop.set()
+            sock.close()
+    assert not [r for r in logs.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
 def _low_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
@@ -867,6 +934,7 @@ async def test_cli_limits_reach_the_server() -> None:
         "--max-body-bytes", "2048", "--max-url-bytes", "100", "--max-header-bytes", "200",
         "--max-headers", "9", "--max-json-depth", "3", "--header-timeout", "0.5",
         "--body-timeout", "5", "--keepalive-timeout", "5", "--max-connections", "7",
+        "--write-timeout", "5",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:

@@ -71,6 +71,13 @@ async def read_stream(url: str, *, last_event_id: str | None = None) -> list[byt
     return [block for block in body.split(b"\n\n") if block.startswith(b"id:")]
 
 
+def event_id(block: bytes) -> int:
+    """The `id:` of one SSE block."""
+    first = block.split(b"\n", 1)[0]
+    assert first.startswith(b"id:"), block
+    return int(first[3:])
+
+
 async def test_a_stream_outlives_a_sigkill_of_the_server(tmp_path: Path) -> None:
     """Killed (SIGKILL) while a client streams a running task, then restarted on the same data
     folder and port: the client's stream resumes by itself, ends with every log line emitted
@@ -108,6 +115,12 @@ async def test_a_stream_outlives_a_sigkill_of_the_server(tmp_path: Path) -> None
         final = await get_json(f"{url}/tasks/{task_id}")
         after = await get_json(f"{url}/tasks/{done.id}")
         after_stream = await read_stream(f"{url}/tasks/{done.id}/stream")
+        # Raw reads of the restarted server (no client reconciling from snapshots): it replays
+        # its persisted log, and resuming from an id before the kill continues at id + 1.
+        replay = await read_stream(f"{url}/tasks/{task_id}/stream", last_event_id="0")
+        half = len(replay) // 2
+        resume_from = event_id(replay[half])
+        resumed = await read_stream(f"{url}/tasks/{task_id}/stream", last_event_id=str(resume_from))
         restarted.cancel()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await restarted
@@ -121,6 +134,12 @@ async def test_a_stream_outlives_a_sigkill_of_the_server(tmp_path: Path) -> None
     assert final["status"] == TaskStatus.FAILED.code
     assert after == before
     assert after_stream == done_stream
+    ids = [event_id(block) for block in replay]
+    assert ids == list(range(1, len(ids) + 1)), ids
+    assert len(ids) > len(seen) + 2  # the log of lines from before the kill was kept
+    assert event_id(resumed[0]) == resume_from + 1
+    assert b"short_id" not in resumed[0], "resumed with events, not a snapshot"
+    assert resumed == replay[half + 1 :]
 
 
 async def test_finished_and_running_work_after_a_clean_restart(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from inferencesh import TaskStatus
-from inferencesh.local import AppContext, Emulator, EmulatorOptions
+from inferencesh.local import AppContext, Emulator, EmulatorOptions, _tasks
 
 pytestmark = pytest.mark.anyio
 
@@ -252,6 +252,62 @@ async def test_app_that_swallows_cancellation_still_ends_cancelled(local_server:
         await srv.wait_status(task["id"], 12)
         final = await srv.get(task["id"])
         assert final["output"] is None
+
+
+def _never_stops(started: asyncio.Event, release: asyncio.Event) -> Any:
+    """An app that swallows every cancellation and only returns once `release` is set."""
+
+    async def stubborn(data: dict[str, Any], ctx: AppContext) -> Any:
+        started.set()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                ctx.log("ignoring the cancel")
+        return {"done": True}
+
+    return stubborn
+
+
+async def test_cancel_ends_a_task_whose_app_never_stops(
+    local_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task owns its end: cancelled (12) after `CANCEL_GRACE` although its app goes on."""
+    monkeypatch.setattr(_tasks, "CANCEL_GRACE", 0.2)
+    started, release = asyncio.Event(), asyncio.Event()
+    async with local_server(apps={"test/stubborn": _never_stops(started, release)}) as srv:
+        try:
+            task = await srv.create("test/stubborn")
+            async with asyncio.timeout(5):
+                await started.wait()
+            await srv.cancel(task["id"])  # POST /tasks/{id}/cancel, not DELETE
+            await srv.wait_status(task["id"], 12, timeout=3)
+            assert srv.emu.tasks.live == 0
+            release.set()  # the app returning now changes nothing
+            await asyncio.sleep(0.05)
+            final = await srv.get(task["id"])
+            assert (final["status"], final["output"]) == (12, None)
+        finally:
+            release.set()
+
+
+async def test_reaping_a_task_whose_app_never_stops_fails_it_at_once(local_server: Any) -> None:
+    """A task past its lifetime is failed first, then its app cancelled: one that swallows the
+    cancellation cannot keep it live, so housekeeping has nothing due (no busy loop)."""
+    started, release = asyncio.Event(), asyncio.Event()
+    apps = {"test/stubborn": _never_stops(started, release)}
+    async with local_server(apps=apps, task_lifetime=0.3) as srv:
+        try:
+            task = await srv.create("test/stubborn")
+            await srv.wait_status(task["id"], 11, timeout=5)
+            final = await srv.get(task["id"])
+            assert "task lifetime (0.3 s)" in final["error"]
+            assert srv.emu.tasks.live == 0
+            due = srv.emu.tasks.next_due_in()
+            assert due is None or due > 1, due
+            assert not release.is_set()  # the app is still going, the task is not
+        finally:
+            release.set()
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@ and a task's files (`GET`/`DELETE /tasks/{id}/files`, `DELETE /tasks/{id}`)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -11,7 +10,6 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from .._status import TaskStatus
 from ._emulator import Emulator
 from ._files import (
     BLOB_ROUTE,
@@ -22,7 +20,7 @@ from ._files import (
     parse_file_specs,
 )
 from ._http import EMULATOR, _envelope, _json_object, task_or_404
-from ._tasks import Task
+from ._tasks import CANCEL_GRACE, Task
 
 __all__ = ["base_url", "install_files"]
 
@@ -30,8 +28,6 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Bytes read from an upload, or sent of a download, at a time.
 _CHUNK = 256 * 1024
-# How long deleting a running task waits for its app to stop after the cancel.
-_CANCEL_WAIT = 5.0
 # A Host header fit to name the server in a URL: a name or IPv4, or a bracketed IPv6, and a port.
 _HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 _ROLES = ("input", "output")
@@ -198,10 +194,7 @@ async def _delete_task(request: web.Request) -> web.Response:
 
 
 async def _end(task: Task) -> None:
-    """Cancel a task that is still going and wait (bounded) until it has ended."""
+    """Cancel a task that is still going and wait until it has ended: the task itself ends
+    cancelled within `CANCEL_GRACE`, even if its app ignores the cancellation."""
     task.request_cancel()
-    runner = task.runner
-    if runner is not None and not runner.done():
-        await asyncio.wait([runner], timeout=_CANCEL_WAIT)
-    if not task.is_terminal:  # its app ignored the cancellation: end it anyway
-        task.transition(TaskStatus.CANCELLED)
+    await task.wait_ended(CANCEL_GRACE + 1.0)

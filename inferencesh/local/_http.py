@@ -271,8 +271,10 @@ async def _auth(request: web.Request, handler: _Handler) -> web.StreamResponse:
 # -- handlers -----------------------------------------------------------------------------------
 
 
-# A JSON string (a truncated one is not matched), and the bytes that are not brackets.
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A JSON string, and the bytes that are not brackets. Possessive quantifiers never backtrack,
+# so an unterminated string (`"` + `\"` * n) costs linear time, not quadratic; one that runs
+# to the end of the body is cut out too (it holds no brackets either way).
+_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 # An opening bracket steps the depth up by one, a closing one down: 2 and 0, minus 1 each.
 _DEPTH_STEPS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
@@ -576,6 +578,7 @@ async def serve_stream(request: web.Request, source: StreamSource) -> web.Stream
     last_event_id = parse_last_event_id(request.headers.get("Last-Event-ID"))
     settings = StreamSettings(
         heartbeat_interval=emulator.options.heartbeat_interval,
+        write_timeout=emulator.options.http.write_timeout,
         retry_ms=emulator.options.retry_ms,
         drop_after=emulator.faults.drop_after,
         stopping=lambda: emulator.stopping,

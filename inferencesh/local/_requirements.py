@@ -85,7 +85,7 @@ def _parse_one(value: Any, field: str) -> Requirement:
         allowed = "action, key, message, type"
         raise InvalidField(f"{field}.{unknown[0]}", f"is not a known key ({allowed})")
     kind = value.get("type")
-    if kind not in _ACTIONS:
+    if not isinstance(kind, str) or kind not in _ACTIONS:  # {} / [] are unhashable
         raise InvalidField(f"{field}.type", "must be one of secret, credential, scope")
     key = _text(value.get("key"), f"{field}.key", required=True)
     assert key is not None
@@ -101,7 +101,7 @@ def _parse_one(value: Any, field: str) -> Requirement:
         allowed = ", ".join(sorted(known))
         raise InvalidField(f"{field}.action.{unknown[0]}", f"is not a known key ({allowed})")
     action_type = action.get("type", _ACTIONS[kind])
-    if action_type not in _ACTIONS.values():
+    if not isinstance(action_type, str) or action_type not in _ACTIONS.values():
         raise InvalidField(f"{field}.action.type", "must be one of add_secret, connect, add_scopes")
     scopes = action.get("scopes") or []
     if (

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import attrs
@@ -89,6 +89,7 @@ class StreamSettings:
     """What one connection needs to know about the server's settings and faults."""
 
     heartbeat_interval: float
+    write_timeout: float  # the longest one write may wait for a client that reads nothing
     retry_ms: int
     drop_after: int | None
     stopping: Callable[[], bool]
@@ -97,6 +98,10 @@ class StreamSettings:
 
 class _Dropped(Exception):
     """The fault injector cut this connection."""
+
+
+class _Stalled(Exception):
+    """The client read nothing for `write_timeout`; its connection was cut."""
 
 
 class Connection:
@@ -155,9 +160,11 @@ class Connection:
                 # Written as the contract spells it; the decoder also accepts `retry:<ms>`.
                 await self._write(f"retry: {self.settings.retry_ms}\n\n".encode("ascii"))
             if await self._run():
-                await response.write_eof()
+                await self._bounded(response.write_eof())
         except _Dropped:
             self.dropped = True
+        except _Stalled:
+            pass  # cut: nobody is reading, and the handler and its slot are freed
         except ConnectionError:
             pass  # the client went away; there is nobody left to tell
         return response
@@ -227,9 +234,21 @@ class Connection:
 
     async def _write(self, data: bytes) -> None:
         assert self._response is not None
-        await self._response.write(data)
+        await self._bounded(self._response.write(data))
         self.bytes_sent += len(data)
         self._last_write = time.monotonic()
+
+    async def _bounded(self, write: Awaitable[None]) -> None:
+        """Await a write (which waits while the client's buffers are full) for at most
+        `write_timeout`; past it, cut the connection and end the handler (`_Stalled`)."""
+        try:
+            async with asyncio.timeout(self.settings.write_timeout):
+                await write
+        except TimeoutError:
+            transport = self.request.transport
+            if transport is not None:
+                transport.abort()
+            raise _Stalled from None
 
     async def _count_event(self) -> None:
         self.events_sent += 1

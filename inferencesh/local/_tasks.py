@@ -22,7 +22,10 @@ from ._hub import ChangeHub
 from ._journal import Record
 from ._options import AppFunction
 
-__all__ = ["Task", "TaskStore"]
+__all__ = ["CANCEL_GRACE", "Task", "TaskStore"]
+
+#: Seconds a cancelled task's app has to stop before the task ends cancelled (12) anyway.
+CANCEL_GRACE = 5.0
 
 # The statuses a task walks through before its app runs, in order.
 _BEFORE_RUN = (
@@ -82,6 +85,8 @@ class Task:
         self._log_bytes = 0
         self._log_truncated = False
         self._reap_reason: str | None = None
+        # Forces cancelled (12) once `CANCEL_GRACE` has passed after a cancel request.
+        self._cancel_deadline: asyncio.TimerHandle | None = None
         self._pending_logs: list[str] = []
         self._pending_progress: dict[str, float] | None = None
         self._pending_output: tuple[Any] | None = None
@@ -281,15 +286,23 @@ class Task:
             self._store.finished(self)
 
     def request_cancel(self) -> None:
-        """Cancel: cancelling (8) now, cancelled (12) once the runner has stopped."""
+        """Cancel: cancelling (8) now, cancelled (12) once the runner has stopped, or after
+        `CANCEL_GRACE` seconds if its app swallows the cancellation and keeps going."""
         if self.is_terminal or self.cancel_requested:
             return
         self.cancel_requested = True
         self.transition(TaskStatus.CANCELLING)
         if self.runner is not None and not self.runner.done():
             self.runner.cancel()
+            self._cancel_deadline = self.runner.get_loop().call_later(
+                CANCEL_GRACE, self.transition, TaskStatus.CANCELLED
+            )
         else:
             self.transition(TaskStatus.CANCELLED)
+
+    async def wait_ended(self, timeout: float) -> bool:
+        """Wait (from any loop) until the task has ended; return whether it did in time."""
+        return await self._hub.async_wait_until(lambda: self.is_terminal, timeout)
 
     async def run(
         self, fn: AppFunction, *, transition_delay: float, hold_at: TaskStatus | None
@@ -321,17 +334,20 @@ class Task:
         self.transition(TaskStatus.COMPLETED, output=output)
 
     def reap(self, reason: str) -> None:
-        """Fail a task that has outlived its lifetime (its app is cancelled)."""
+        """Fail a task that has outlived its lifetime, then cancel its app: failed first, so
+        an app that swallows the cancellation cannot keep the task live (and due) forever."""
         if self.is_terminal:
             return
         self._reap_reason = reason
+        self.transition(TaskStatus.FAILED, error=reason)
         if self.runner is not None and not self.runner.done():
             self.runner.cancel()
-        else:
-            self.transition(TaskStatus.FAILED, error=reason)
 
     def runner_done(self, runner: asyncio.Task[None]) -> None:
         """Finish a task whose runner stopped without ending it (cancelled, crashed, shutdown)."""
+        if self._cancel_deadline is not None:
+            self._cancel_deadline.cancel()
+            self._cancel_deadline = None
         if runner.cancelled():
             if self.cancel_requested:
                 self.transition(TaskStatus.CANCELLED)
