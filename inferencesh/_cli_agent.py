@@ -126,8 +126,8 @@ def agent_command(args: argparse.Namespace) -> int:
             return asyncio.run(_chat(args, client, _ChatWriter(console)))
     except _Usage as exc:
         return _usage(args, str(exc))
-    except _NeedRich:
-        return _need_rich(args, "pipe the output")
+    except _NeedRich as exc:
+        return _need_rich(args, exc, "pipe the output")
     except KeyboardInterrupt:
         _say(args, "interrupted")
         return INTERRUPTED

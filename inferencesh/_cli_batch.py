@@ -521,7 +521,7 @@ class _Run:
         self.task_ids: dict[int, str] = {}
         self.reattached: set[int] = set()
         self.submitting: set[int] = set()
-        self.unconfirmed = {index for index, *_ in journal.unconfirmed()}
+        self.unconfirmed: set[int]  # by plan(), once the window is requeued
         self.yielded: set[int] = set()
         self.stopping = False
         self.step: asyncio.Future[TaskOutcome] | None = None
@@ -924,8 +924,8 @@ def batch_command(args: argparse.Namespace) -> int:
             return asyncio.run(_batch(run))
     except _Usage as exc:
         return _usage(args, str(exc))
-    except _NeedRich:
-        return _need_rich(args, "pass --json, or pipe the output")
+    except _NeedRich as exc:
+        return _need_rich(args, exc, "pass --json, or pipe the output")
     except KeyboardInterrupt:  # before the handler was installed, or where there is none
         _say(args, "interrupted; run the same command to go on")
         return INTERRUPTED

@@ -43,7 +43,7 @@ from ._terminal import (
     write_out,
 )
 from ._wire import json_kind
-from .progress import INSTALL_HINT, PlainDisplay, reconnect_text, require_rich
+from .progress import PlainDisplay, reconnect_text, require_rich
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -223,15 +223,15 @@ def _live_console() -> Console | None:
         return None
     try:
         require_rich()
-    except UsageError:
-        raise _NeedRich from None
+    except UsageError as exc:  # its text names the extra to install
+        raise _NeedRich(str(exc)) from None
     from rich.console import Console
 
     return Console()
 
 
-def _need_rich(args: argparse.Namespace, alternative: str) -> int:
-    _say(args, f"the live display needs rich: {INSTALL_HINT} (or {alternative})")
+def _need_rich(args: argparse.Namespace, exc: _NeedRich, alternative: str) -> int:
+    _say(args, f"{exc} (or {alternative})")
     return USAGE
 
 
@@ -270,8 +270,8 @@ def _follow_command(args: argparse.Namespace, start: _Start, *, started: bool) -
             return asyncio.run(_follow(args, client, start, console, started=started))
     except _Usage as exc:
         return _usage(args, str(exc))
-    except _NeedRich:
-        return _need_rich(args, "pass --json, or pipe the output")
+    except _NeedRich as exc:
+        return _need_rich(args, exc, "pass --json, or pipe the output")
     except KeyboardInterrupt:  # before the handler was installed, or where there is none
         _say(args, "interrupted")
         return INTERRUPTED

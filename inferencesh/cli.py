@@ -511,6 +511,16 @@ def _add_target(parser: argparse.ArgumentParser, *, local: bool = True) -> None:
     parser.add_argument("--api-key", metavar="KEY", help="API key (default: $INFERENCE_API_KEY)")
 
 
+def _add_output(parser: argparse.ArgumentParser) -> None:
+    """`--json` and `--download`, as run and attach take them."""
+    parser.add_argument("--json", action="store_true", help="print one JSON object per update")
+    parser.add_argument(
+        "--download",
+        metavar="DIR",
+        help="once the task completes, save its output files in DIR (with a progress bar)",
+    )
+
+
 def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
     parser = commands.add_parser(
         "run",
@@ -528,12 +538,7 @@ def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
         "--input", metavar="JSON", help="the app input: a JSON object, or @FILE to read one"
     )
     _add_target(parser)
-    parser.add_argument("--json", action="store_true", help="print one JSON object per update")
-    parser.add_argument(
-        "--download",
-        metavar="DIR",
-        help="once the task completes, save its output files in DIR (with a progress bar)",
-    )
+    _add_output(parser)
     parser.set_defaults(handler=_lazy("_cli_run", "run_command"), parser=parser)
 
 
@@ -552,12 +557,7 @@ def _add_attach(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     parser.add_argument("task_id", metavar="TASK_ID", help="the task, e.g. task_...")
     _add_target(parser, local=False)
-    parser.add_argument("--json", action="store_true", help="print one JSON object per update")
-    parser.add_argument(
-        "--download",
-        metavar="DIR",
-        help="once the task completes, save its output files in DIR (with a progress bar)",
-    )
+    _add_output(parser)
     parser.add_argument(
         "--cancel",
         action="store_true",

@@ -435,7 +435,7 @@ class LiveDisplay:
         if update.status.is_terminal:
             self._ended = True
             self._partial.text = None
-            fields["outcome"] = _OUTCOME_STYLES.get(update.status, ("■", "yellow"))
+            fields["outcome"] = _OUTCOME_STYLES.get(update.status, _STOPPED)
             fields["took"] = time.monotonic() - self._started
             if update.status is TaskStatus.COMPLETED:
                 total = self._bar.tasks[0].total

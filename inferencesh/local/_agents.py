@@ -31,6 +31,7 @@ __all__ = [
     "ToolResult",
     "ToolTimeoutError",
     "load_agent",
+    "parse_attachments",
     "parse_run_request",
     "scripted_agent",
     "launch_run",
@@ -38,7 +39,8 @@ __all__ = [
 
 _REASONING = "Let me look that up with the search tool."
 _ANSWER_PIECES = 8
-_MAX_ATTACHMENTS = 20
+#: Files one message or one tool result may carry (protocol: section 3.3).
+MAX_ATTACHMENTS = 20
 
 
 class ToolTimeoutError(Exception):
@@ -225,6 +227,19 @@ class RunRequest:
     context: Any
 
 
+def parse_attachments(value: Any, field: str, *, unit: str = "") -> list[dict[str, Any]]:
+    """Validate a list of attached file objects (none if `value` is null); `InvalidField`
+    names `field`. `unit`, if given, follows the limit in its error text ("at most 20 files")."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_ATTACHMENTS:
+        limit = f"{MAX_ATTACHMENTS} {unit}" if unit else str(MAX_ATTACHMENTS)
+        raise InvalidField(field, f"must be a list of at most {limit}")
+    if not all(isinstance(item, dict) for item in value):
+        raise InvalidField(field, "must hold file objects")
+    return value
+
+
 def parse_run_request(body: Mapping[str, Any]) -> RunRequest:
     """Validate a `POST /agents/run` body; `InvalidField` names the first bad field."""
     chat_id = body.get("chat_id")
@@ -236,13 +251,7 @@ def parse_run_request(body: Mapping[str, Any]) -> RunRequest:
     text = input.get("text")
     if not isinstance(text, str):
         raise InvalidField("input.text", "is required" if text is None else "must be a string")
-    attachments = input.get("attachments")
-    if attachments is None:
-        attachments = []
-    elif not isinstance(attachments, list) or len(attachments) > _MAX_ATTACHMENTS:
-        raise InvalidField("input.attachments", f"must be a list of at most {_MAX_ATTACHMENTS}")
-    elif not all(isinstance(item, dict) for item in attachments):
-        raise InvalidField("input.attachments", "must hold file objects")
+    attachments = parse_attachments(input.get("attachments"), "input.attachments")
     config = body.get("agent_config")
     ref = None
     if body.get("agent") is None and isinstance(config, dict):

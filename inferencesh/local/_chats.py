@@ -29,6 +29,11 @@ RunState = Literal["working", "completed", "failed", "canceled"]
 _MESSAGE_STATUS = {"completed": "ready", "failed": "failed", "canceled": "cancelled"}
 
 
+def _message_cost(text: str) -> int:
+    """The bytes a message text counts for in the memory budget (with its message overhead)."""
+    return len(text) + 3 * OVERHEAD
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(10)}"
 
@@ -243,7 +248,7 @@ class Chat:
                 _replay(by_id, json.loads(stored.head + stored.tail))
         for invocation in invocations:
             self._store.index(invocation, self)
-        self._hold(sum(len(m.text) + len(m.reasoning) + 3 * OVERHEAD for m in self.messages))
+        self._hold(sum(_message_cost(m.text) + len(m.reasoning) for m in self.messages))
         start = record.events[0].seq - 1 if record.events else record.state_seq
         self.log = self._store.logs.new_log(self, start_seq=start)
         for stored in record.events:
@@ -309,8 +314,9 @@ class Chat:
                 raise ChatError(
                     409, f"chat {self.id} already has a run in progress ({self.run.id})"
                 )
-            self._store.admit(self, len(text) + 3 * OVERHEAD)
-            self._hold(len(text) + 3 * OVERHEAD)
+            cost = _message_cost(text)
+            self._store.admit(self, cost)
+            self._hold(cost)
             order = self.messages[-1].order + 1 if self.messages else 1
             run_id = _new_id("run")
             user = Message(

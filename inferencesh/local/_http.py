@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ._agents import parse_run_request
+from ._agents import parse_attachments, parse_run_request
 from ._apps import InvalidField, parse_app_ref, parse_sim
 from ._budget import Overloaded
 from ._chats import Chat, ChatError
@@ -43,8 +43,6 @@ EMULATOR: web.AppKey[Emulator] = web.AppKey("inferencesh_emulator", Emulator)
 # The detail of a problem+json answer, kept on the response so the one log line can name it.
 _DETAIL: web.ResponseKey[str] = web.ResponseKey("inferencesh_problem_detail", str)
 
-# Files one tool result may carry (protocol: section 3.3).
-_MAX_TOOL_ATTACHMENTS = 20
 # Request bodies handled at once, in units of the largest body (the memory they may take).
 _BODY_GATE_BODIES = 16
 
@@ -540,16 +538,10 @@ async def _answer_tool(request: web.Request, *, reject: bool) -> web.Response:
         result = body.get("result")
         if not isinstance(result, str):
             raise _Problem(400, "field 'result': must be a string (encode objects as JSON)")
-        given = body.get("attachments")
-        if given is not None:
-            if not isinstance(given, list) or len(given) > _MAX_TOOL_ATTACHMENTS:
-                raise _Problem(
-                    400, f"field 'attachments': must be a list of at most "
-                    f"{_MAX_TOOL_ATTACHMENTS} files",
-                )  # fmt: skip
-            if not all(isinstance(item, dict) for item in given):
-                raise _Problem(400, "field 'attachments': must hold file objects")
-            attachments = given
+        try:
+            attachments = parse_attachments(body.get("attachments"), "attachments", unit="files")
+        except InvalidField as exc:
+            raise _Problem(400, str(exc)) from None
     found = request.app[EMULATOR].chats.invocation(invocation_id)
     if found is None:
         raise _Problem(404, f"tool invocation {invocation_id} not found")

@@ -63,10 +63,17 @@ def _count(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
 MAX_SESSION_TIMEOUT = 3600
 
 
+def is_session_timeout(value: object) -> bool:
+    """Whether `value` is a valid session idle timeout: whole seconds, 1 to the maximum."""
+    return (
+        not isinstance(value, bool) and isinstance(value, int) and 1 <= value <= MAX_SESSION_TIMEOUT
+    )
+
+
 def _session_timeout(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{attribute.name} must be an integer, got {value!r}")
-    if not 1 <= value <= MAX_SESSION_TIMEOUT:
+    if not is_session_timeout(value):
         raise ValueError(
             f"{attribute.name} must be from 1 to {MAX_SESSION_TIMEOUT} seconds, got {value!r}"
         )

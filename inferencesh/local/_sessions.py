@@ -29,7 +29,7 @@ from .._status import TaskStatus
 from ._apps import AppRef, InvalidField
 from ._budget import Overloaded, Retention
 from ._hub import ChangeHub
-from ._options import MAX_SESSION_TIMEOUT
+from ._options import MAX_SESSION_TIMEOUT, is_session_timeout
 
 if TYPE_CHECKING:
     from ._tasks import Task
@@ -96,11 +96,7 @@ def parse_call(body: dict[str, Any], ref: AppRef) -> CallRequest:
     ):
         raise InvalidField("session", 'must be "new" or a session id')
     timeout = body.get("session_timeout")
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int)
-        or not 1 <= timeout <= MAX_SESSION_TIMEOUT
-    ):
+    if timeout is not None and not is_session_timeout(timeout):
         raise InvalidField(
             "session_timeout",
             f"must be a whole number of seconds from 1 to {MAX_SESSION_TIMEOUT}, "

@@ -42,6 +42,11 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _line_cost(line: str) -> int:
+    """The bytes one log line counts for, against `max_log_bytes` and the memory budget."""
+    return len(line) + OVERHEAD
+
+
 class Task:
     """One task: its state, its event log, and the coroutine that runs it.
 
@@ -81,7 +86,7 @@ class Task:
         self._hub = store.hub
         # Bytes charged besides the event log: the input, and while the task runs its app's
         # own decoded copy of it (given back when the task ends).
-        self._held = 2 * len(input_json) + OVERHEAD
+        self._held = self.cost_of(input_json)
         self._log_bytes = 0
         self._log_truncated = False
         self._reap_reason: str | None = None
@@ -99,6 +104,12 @@ class Task:
         with self._hub.lock:
             self.log.append(self.state_frame())
         self._hub.notify()
+
+    @staticmethod
+    def cost_of(input_json: str) -> int:
+        """The bytes a task with this input is charged besides its event log: the input, and
+        while it runs its app's own decoded copy of it."""
+        return 2 * len(input_json) + OVERHEAD
 
     def _reload(self, record: Record) -> None:
         """Take the state and events persisted before a restart (what can fail, reading it
@@ -119,7 +130,7 @@ class Task:
         self.error = state.get("error")
         self.logs = list(logs)
         self.progress = state.get("progress")
-        self._log_bytes = sum(len(line) + OVERHEAD for line in self.logs)
+        self._log_bytes = sum(map(_line_cost, self.logs))
         self._hold(self._log_bytes)
         if self.is_terminal:
             self._hold(-len(self.input_json))  # no app holds a copy
@@ -186,11 +197,12 @@ class Task:
         if self.is_terminal or self._log_truncated:
             return
         limit = self._store.max_log_bytes
-        if self._log_bytes + len(line) + OVERHEAD > limit:
+        if self._log_bytes + _line_cost(line) > limit:
             self._log_truncated = True
             line = f"[inferencesh emulator: log truncated at {limit} bytes; later lines dropped]"
-        self._log_bytes += len(line) + OVERHEAD
-        self._hold(len(line) + OVERHEAD)
+        cost = _line_cost(line)
+        self._log_bytes += cost
+        self._hold(cost)
         self._pending_logs.append(line)
         self._schedule_flush()
 
@@ -431,7 +443,7 @@ class TaskStore:
                 raise Overloaded(
                     f"too many tasks running: the emulator runs at most {self._max_live} at once"
                 )
-            self.budget.admit(2 * len(input_json) + OVERHEAD, "the new task")
+            self.budget.admit(Task.cost_of(input_json), "the new task")
             task = Task(self, app=app, input_json=input_json, session_id=session_id)
             self._tasks[task.id] = task
             self._live[task.id] = task
