@@ -35,7 +35,7 @@ from ._status import TaskStatus
 from ._stream import ItemStream
 from ._streaming import StreamingOptions, timed
 from ._task_stream import TaskCodec, TaskView, update_of
-from ._transport import DEFAULT_BASE_URL, Transport
+from ._transport import DEFAULT_BASE_URL, Transport, without_userinfo
 from ._wire import preview
 
 __all__ = ["DEFAULT_REQUEST_RETRY", "AsyncInference", "TaskStream", "async_inference"]
@@ -51,7 +51,9 @@ DEFAULT_REQUEST_RETRY = RetryPolicy(max_retries=2, retry_delay=0.5, max_retry_de
 def _resolve_base_url(base_url: str | None) -> str:
     url = base_url or os.environ.get("INFERENCE_BASE_URL") or DEFAULT_BASE_URL
     if not url.startswith(("http://", "https://")):
-        raise UsageError(f"base_url must start with http:// or https://, got {url!r}")
+        raise UsageError(
+            f"base_url must start with http:// or https://, got {without_userinfo(url)!r}"
+        )
     return url
 
 

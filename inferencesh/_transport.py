@@ -367,6 +367,17 @@ def split_url(url: str, *, error: type[InferenceshError], what: str) -> SplitRes
         raise error(f"{what} is not a valid URL ({exc}): {shown(url)}") from None
 
 
+def without_userinfo(url: str) -> str:
+    """`url` with the credentials of its authority (`user:password@`), if any, as `***@`:
+    how a URL the caller gave is shown in a message."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = next((i for i, char in enumerate(rest) if char in "/?#"), len(rest))
+    _, at, host = rest[:end].rpartition("@")
+    return f"{scheme}://***@{host}{rest[end:]}" if at else url
+
+
 def shown(target: str) -> str:
     """A request's target as logs and messages show it, without what may be secret. An API
     path keeps its query's parameter names but not their values. A whole URL is a presigned
@@ -471,7 +482,13 @@ class Transport:
         default_headers: Mapping[str, str] | None = None,
     ) -> None:
         configure_from_environment()  # INFERENCESH_LOG, read when the first client is made
-        split_url(base_url, error=UsageError, what="base_url")
+        if split_url(base_url, error=UsageError, what="base_url").netloc.rpartition("@")[1]:
+            # aiohttp would send them as Basic credentials beside the key, or refuse the
+            # request; and the URL is shown in reprs and logs. The key authenticates.
+            raise UsageError(
+                f"base_url must not carry credentials (user:password@): "
+                f"{without_userinfo(base_url)}; the API key authenticates"
+            )
         self.base_url = base_url.rstrip("/")
         self._on_messages = on_messages
         headers = validate_headers(default_headers)

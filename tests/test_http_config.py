@@ -377,6 +377,33 @@ def test_malformed_base_url_is_a_usage_error(factory: Callable[..., Any]) -> Non
         factory(api_key=KEY, base_url="http://[::1:8080")
 
 
+@pytest.mark.parametrize("factory", [async_inference, inference])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://user:{SECRET}@127.0.0.1:9/api",
+        f"https://{SECRET}@example.com",
+        f"http://user:{SECRET}@h?x=1",
+        f"ftp://user:{SECRET}@example.com/",
+    ],
+)
+def test_credentials_in_base_url_are_refused_unshown(factory: Callable[..., Any], url: str) -> None:
+    """The key authenticates: credentials in base_url would go out as Basic auth beside it (or
+    make aiohttp refuse the request) and show in every repr; the message hides them."""
+    with pytest.raises(UsageError, match="base_url") as caught:
+        factory(api_key=KEY, base_url=url)
+    assert SECRET not in str(caught.value)
+    assert "***@" in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
+
+
+def test_credentials_in_environment_base_url_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERENCE_BASE_URL", f"http://user:{SECRET}@127.0.0.1:9")
+    with pytest.raises(UsageError, match="credentials") as caught:
+        async_inference(api_key=KEY)
+    assert SECRET not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("url", "no_proxy", "bypassed"),
     [
