@@ -44,6 +44,8 @@ errors of uploads and downloads (a missing file, a folder that cannot be written
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -365,6 +367,54 @@ def status_error(
         message,
         code=code,
         body=decoded if decoded is not None else text,
+        retry_after=retry_after,
+    )
+
+
+# S3, GCS and Azure all name an error with `<Code>` and explain it with `<Message>`.
+_STORAGE_FIELD = re.compile(r"<(Code|Message|title)>([^<]{1,300})</(?:Code|Message|title)>")
+_STORAGE_CLASSES: dict[int, type[APIStatusError]] = {404: NotFoundError, 429: RateLimitError}
+
+
+def storage_error(
+    status: int, body: bytes | str, *, retry_after: float | None = None
+) -> APIStatusError:
+    """Build the error for a failed answer from file storage (a presigned upload or download).
+
+    Storage's error body may quote the signed request, credentials included (an S3
+    `SignatureDoesNotMatch` lists the string it signed and the access key), so little of it
+    is kept: from markup, its `<Code>` and `<Message>` (or an HTML page's `<title>`); from
+    JSON, the error's code and message; from plain text, its first line, URLs masked. `body`
+    holds what was kept. The class follows the status alone (a storage 401, 403 or 412 says
+    nothing of the API key or an app's requirements: `BadRequestError`).
+    """
+    from ._transport import masked  # here: the transport builds on this module
+    from ._wire import loads
+
+    text = (body.decode("utf-8", "replace") if isinstance(body, bytes) else body).strip()
+    kept: dict[str, str] = {}
+    if text.startswith("<"):
+        for name, value in _STORAGE_FIELD.findall(text):
+            kept.setdefault(name, html.unescape(value).strip())
+        code = kept.get("Code")
+        detail = ": ".join(part for part in (code, kept.get("Message")) if part)
+        detail = detail or kept.get("title", "")
+    elif text.startswith("{"):
+        try:
+            found, code = _problem_message(loads(text))
+        except ProtocolError:
+            found, code = "", None
+        detail = found = found[:300]
+        kept = {key: value for key, value in (("Code", code), ("Message", found)) if value}
+    else:
+        code, detail = None, masked(text.partition("\n")[0][:200])
+        kept = {"Message": detail} if detail else {}
+    cls = _STORAGE_CLASSES.get(status) or (ServerError if status >= 500 else BadRequestError)
+    return cls(
+        status,
+        f"file storage answered {detail or _reason(status)}",
+        code=code or None,
+        body=kept or None,
         retry_after=retry_after,
     )
 

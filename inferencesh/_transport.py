@@ -47,6 +47,7 @@ from ._exceptions import (
     TransportError,
     UsageError,
     status_error,
+    storage_error,
 )
 from ._logging import configure_from_environment
 from ._retry import RetryPolicy, may_retry, parse_retry_after, retry_delay
@@ -751,7 +752,7 @@ class Transport:
                             body = await _read_capped(resp)
                     except TimeoutError:
                         body = b""
-                raise _status_error(resp, body)
+                raise _status_error(resp, body, storage=keyless_url)
             yield StreamResponse(
                 resp, idle_timeout=options.idle_timeout, chunk_size=options.chunk_size
             )
@@ -802,7 +803,8 @@ class Transport:
                     ) as resp:
                         exchange.status = resp.status
                         if resp.status >= 400:
-                            raise _status_error(resp, await _read_capped(resp))
+                            answer = await _read_capped(resp)
+                            raise _status_error(resp, answer, storage=True)
                         await _read_capped(resp)  # the answer of a success is small
         except TimeoutError as exc:
             if failed:
@@ -830,10 +832,13 @@ def _encode(value: Any) -> bytes:
         raise UsageError(f"the request body cannot be sent as JSON: {exc}") from None
 
 
-def _status_error(resp: aiohttp.ClientResponse, body: bytes) -> APIStatusError:
-    return status_error(
-        resp.status, body, retry_after=parse_retry_after(resp.headers.get("Retry-After"))
-    )
+def _status_error(
+    resp: aiohttp.ClientResponse, body: bytes, *, storage: bool = False
+) -> APIStatusError:
+    """The error for an answer of status >= 400: the API's (`status_error`), or, from a
+    presigned URL, file storage's (`storage_error`, which keeps none of its signed request)."""
+    build = storage_error if storage else status_error
+    return build(resp.status, body, retry_after=parse_retry_after(resp.headers.get("Retry-After")))
 
 
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:

@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import inferencesh
 from inferencesh import (
@@ -30,7 +32,7 @@ from inferencesh import (
     UsageError,
     _exceptions,
 )
-from inferencesh._exceptions import status_error
+from inferencesh._exceptions import status_error, storage_error
 
 # protocol.md 2.3, verbatim.
 NOT_FOUND_BODY = (
@@ -388,3 +390,56 @@ def test_retries_exhausted_error_attempts() -> None:
     """RetriesExhaustedError keeps its attempt count."""
     err = inferencesh.RetriesExhaustedError("gave up", attempts=5)
     assert (5, "gave up") == (err.attempts, str(err))
+
+
+SIGNED = "X-Amz-Signature=0123456789abcdef"
+
+
+@given(
+    status=st.integers(400, 599),
+    code=st.text(st.characters(exclude_characters="<&"), max_size=40),
+    said=st.text(st.characters(exclude_characters="<&"), max_size=400),
+    around=st.text(max_size=200),
+)
+def test_storage_errors_keep_code_and_message_only(
+    status: int, code: str, said: str, around: str
+) -> None:
+    """Whatever a storage body holds, only its <Code> and <Message> (bounded) are kept: the
+    signed request it quotes elsewhere never reaches the error."""
+    body = (
+        f"<Error>{around.replace(SIGNED, '')}<Code>{code}</Code><Message>{said}</Message>"
+        f"<StringToSign>{SIGNED}</StringToSign><CanonicalRequest>{SIGNED}</CanonicalRequest>"
+        "</Error>"
+    )
+    error = storage_error(status, body.encode())
+    assert error.status == status
+    assert SIGNED not in str(error)
+    assert SIGNED not in repr(error.body)
+    assert len(error.message) < 700
+    assert isinstance(error, inferencesh.APIStatusError)
+
+
+@given(st.binary(max_size=2000))
+def test_storage_errors_from_any_bytes_are_typed(body: bytes) -> None:
+    error = storage_error(503, body)
+    assert isinstance(error, inferencesh.ServerError)
+    assert error.retryable
+    assert str(error).startswith("HTTP 503: file storage answered ")
+
+
+@pytest.mark.parametrize(
+    ("body", "says", "code"),
+    [
+        (b"<html><head><title>502 Bad Gateway</title></head></html>", "502 Bad Gateway", None),
+        (b'{"error": {"code": "expired", "message": "URL expired"}}', "URL expired", "expired"),
+        (b"bucket is read-only\nsee https://s.example/x?sig=SECRET", "bucket is read-only", None),
+        (b"see https://s.example/x?sig=SECRET", "see https://s.example/...", None),
+        (b"", "Forbidden", None),
+    ],
+)
+def test_storage_error_bodies_of_each_kind(body: bytes, says: str, code: str | None) -> None:
+    error = storage_error(403, body)
+    assert type(error) is inferencesh.BadRequestError
+    assert error.message == f"file storage answered {says}"
+    assert error.code == code
+    assert "SECRET" not in repr(vars(error))

@@ -504,3 +504,85 @@ async def test_an_upload_source_that_cannot_be_read_is_a_usage_error() -> None:
             await client.upload_file(SeekFails(b"s" * 10), filename="s.bin")
         assert SeekFails.seeks == 3, "not retried"
     assert len(seen["posts"]) == 3
+
+
+STORAGE_SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCYSECRETKEY"
+S3_SIGNATURE_ERROR = f"""<?xml version="1.0" encoding="UTF-8"?>
+<Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not \
+match the signature you provided. Check your key and signing method.</Message>\
+<AWSAccessKeyId>AKIA{STORAGE_SECRET}</AWSAccessKeyId><StringToSign>AWS4-HMAC-SHA256
+20261129T000000Z
+{STORAGE_SECRET}</StringToSign><SignatureProvided>{STORAGE_SECRET}</SignatureProvided>\
+<CanonicalRequest>PUT /upload/1 X-Amz-Security-Token={STORAGE_SECRET}</CanonicalRequest>\
+<RequestId>R1</RequestId></Error>"""
+
+
+def _everything_said(error: BaseException) -> str:
+    """All an error and its chain show: messages, reprs and attribute values."""
+    said: list[str] = []
+    seen: BaseException | None = error
+    while seen is not None:
+        said += [str(seen), repr(seen), repr(vars(seen)), *getattr(seen, "__notes__", [])]
+        seen = seen.__cause__ or seen.__context__
+    return "\n".join(said)
+
+
+@pytest.mark.parametrize("direction", ["upload", "download"])
+async def test_a_storage_error_keeps_its_code_and_message_never_its_signed_request(
+    direction: str, tmp_path: Path
+) -> None:
+    """S3's SignatureDoesNotMatch quotes the signed request, credentials included: the error
+    keeps only <Code> and <Message>; a storage 403 is no API-key AuthenticationError."""
+    from inferencesh import AuthenticationError, BadRequestError
+
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=403, text=S3_SIGNATURE_ERROR, content_type="application/xml")
+
+    storage = web.Application()
+    storage.router.add_put("/upload/{name}", refuse)
+    storage.router.add_get("/blob", refuse)
+    runner = web.AppRunner(storage)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    storage_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with (
+            files_api(upload_url=f"{storage_url}/upload/1") as (url, _),
+            async_inference(api_key="sk-1", base_url=url) as client,
+        ):
+            transfer = (
+                client.upload_file(b"bytes")
+                if direction == "upload"
+                else client.download(f"{storage_url}/blob", tmp_path / "out")
+            )
+            with pytest.raises(BadRequestError) as caught:
+                await transfer
+    finally:
+        await runner.cleanup()
+    error = caught.value
+    assert not isinstance(error, AuthenticationError)
+    assert (error.status, error.code) == (403, "SignatureDoesNotMatch")
+    assert "The request signature we calculated does not match" in error.message
+    assert sorted(error.body) == ["Code", "Message"]
+    assert error.body["Message"].startswith("The request signature we calculated")
+    assert STORAGE_SECRET not in _everything_said(error)
+
+
+async def test_a_missing_stored_file_is_not_found(tmp_path: Path) -> None:
+    from inferencesh import NotFoundError
+
+    async def missing(request: web.Request) -> web.Response:
+        return web.Response(status=404, text="<Error><Code>NoSuchKey</Code></Error>")
+
+    app = web.Application()
+    app.router.add_get("/blob", missing)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with async_inference(api_key="k", base_url="http://127.0.0.1:9") as client:
+            with pytest.raises(NotFoundError, match="file storage answered NoSuchKey"):
+                await client.download(f"http://127.0.0.1:{runner.addresses[0][1]}/blob", tmp_path)
+    finally:
+        await runner.cleanup()
