@@ -24,7 +24,14 @@ import attrs
 from ._converters import valid_task_id
 from ._defaults import USE_CLIENT_DEFAULT, Timeout
 from ._events import MappingReads
-from ._exceptions import AgentError, ProtocolError, ToolCallError, UsageError
+from ._exceptions import (
+    AgentError,
+    APIStatusError,
+    ConnectError,
+    ProtocolError,
+    ToolCallError,
+    UsageError,
+)
 from ._files import file_ref, is_uploadable, upload, upload_all
 from ._reader import Codec, StreamReader
 from ._stream import ItemStream
@@ -48,6 +55,8 @@ logger = logging.getLogger("inferencesh.agent")
 
 # Run states during which the agent is still at work (protocol.md 5.2).
 _RUNNING_STATES = frozenset({"submitted", "working", "input_required", "auth_required"})
+# Seconds the stop after a failure may take when the client's REST calls have no limit.
+_STOP_BOUND = 30.0
 
 
 @attrs.frozen
@@ -427,13 +436,18 @@ class AsyncAgent:
         file objects and `data:` URIs uploaded first (as in a task's input). `timeout` bounds
         the whole exchange, sending included (it replaces the options' `total_timeout`).
         """
+        return self._stream(text, files, timeout, _Posting())
+
+    def _stream(
+        self, text: str, files: Sequence[Any], timeout: Timeout, posting: _Posting
+    ) -> ItemStream[AgentEvent]:
         if not isinstance(text, str):
             raise UsageError(f"message text must be a string, got {type(text).__name__}")
         attached = _attachable(files)
         options = timed(self._options, timeout)
 
         async def start() -> tuple[ChatCodec, Sequence[ChatEvent]]:
-            return await self._send(text, await self._attachments(attached)), ()
+            return await self._send(text, await self._attachments(attached), posting), ()
 
         reader: StreamReader[ChatEvent] = StreamReader(self._transport, options, start)
         return ItemStream(reader, _chat_view)
@@ -450,10 +464,13 @@ class AsyncAgent:
         )  # fmt: skip
         return [file_ref(file) for file in uploaded]
 
-    async def _send(self, text: str, attachments: list[dict[str, Any]]) -> ChatCodec:
+    async def _send(
+        self, text: str, attachments: list[dict[str, Any]], posting: _Posting
+    ) -> ChatCodec:
         message: dict[str, Any] = {"text": text}
         if attachments:
             message["attachments"] = attachments
+        posting.chat_id = self._chat_id  # from here on, the message may reach the server
         reply = await self._transport.request(
             "POST",
             "/agents/run",
@@ -487,27 +504,47 @@ class AsyncAgent:
         or whose handler raises, raises `ToolCallError`. Whatever ends this call early (an
         error, a callback that raises, cancellation, `timeout`), the run is stopped first, so
         the chat is never left waiting for this client. `timeout` is as `stream`'s.
+
+        That holds while the message is being sent to an existing chat too: unless the server
+        certainly did not get it (no connection, a 4xx answer), the chat's run is stopped, as
+        the message may have started one. (A new chat has no id until the answer names it:
+        nothing can be stopped there.) If the stop fails, the error raised is still the one
+        that ended the call, with a note saying why the run could not be stopped.
         """
         final: ChatMessage | None = None
-        events = self.stream(text, files=files, timeout=timeout)
+        posting = _Posting()
+        events = self._stream(text, files, timeout, posting)
         try:
             async for event in events:
                 if isinstance(event, ChatMessage):
                     final = event
                 else:
                     await dispatch(event, on_message, on_tool_call)
-        except BaseException:
+        except BaseException as exc:
             await events.aclose()
-            if events.reader.codec is not None:  # the message was accepted: a run to stop
-                await self._stop_after_failure()
+            # Stop when the message was accepted, or when it went to an existing chat and
+            # may have been (its answer never came, or said nothing about a refusal).
+            if events.reader.codec is not None or (
+                posting.chat_id is not None and not _never_arrived(exc)
+            ):
+                await self._stop_after_failure(exc)
             raise
         return require_final(final, self._chat_id)
 
-    async def _stop_after_failure(self) -> None:
+    async def _stop_after_failure(self, failure: BaseException) -> None:
+        """Stop the run after `failure` ended `send_message`. `failure` stays the error the
+        caller gets: a failed stop is only noted on it (and logged), one line, the server's
+        text escaped and cut short."""
+        bound = self._transport.timeout
         try:
-            await self.stop()
-        except Exception as exc:  # the original failure matters more; keep it, log this
-            logger.warning("could not stop chat %s after a failure: %r", self._chat_id, exc)
+            await self.stop(timeout=_STOP_BOUND if bound is None else bound)
+        except Exception as exc:
+            note = (
+                f"the agent run in chat {preview(self._chat_id)} could not be stopped: "
+                f"{type(exc).__name__}({preview(str(exc), 200)})"
+            )
+            failure.add_note(note)
+            logger.warning("after %s, %s", type(failure).__name__, note)
 
     async def submit_tool_result(
         self,
@@ -535,6 +572,25 @@ class AsyncAgent:
             raise UsageError("this agent has no chat yet: send a message first")
         path = f"/chats/{quote(self._chat_id, safe='')}/stop"
         await self._transport.request("POST", path, idempotent=True, timeout=timeout)
+
+
+@attrs.define
+class _Posting:
+    """What one message's `POST /agents/run` may have done before its answer came: the
+    existing chat it was sent to (None until it is sent, and for a new chat)."""
+
+    chat_id: str | None = None
+
+
+def _never_arrived(error: BaseException) -> bool:
+    """Whether a `POST /agents/run` that failed with `error` certainly started no run: it was
+    never sent (a closed client, a body that is not JSON), could not connect, or the server
+    refused it (4xx: a busy chat, a bad request). After anything else (cancelled or timed out
+    while waiting, a dropped connection, a 5xx a gateway may send for a message the API took,
+    an answer that cannot be read) the message may have started a run."""
+    if isinstance(error, ConnectError | UsageError):
+        return True
+    return isinstance(error, APIStatusError) and error.status < 500
 
 
 # The most files one message or tool result may carry (protocol: section 3.3).

@@ -358,8 +358,8 @@ _HTTP_LIMIT_FLAGS: list[tuple[str, Callable[[str], Any], str, str]] = [
     ("--body-timeout", _positive_seconds, "SECONDS",
      "time for a request's body to arrive, else 408 (default %(default)s seconds)"),
     ("--write-timeout", _positive_seconds, "SECONDS",
-     "how long a stream write may wait for a client that does not read, else the connection "
-     "is closed (default %(default)s seconds)"),
+     "how long a write of a stream or a file download may wait for a client that does not "
+     "read, else the connection is reset (default %(default)s seconds)"),
     ("--keepalive-timeout", _positive_seconds, "SECONDS",
      "how long an idle kept-alive connection stays open (default %(default)s seconds)"),
     ("--max-connections", _int_at_least(1), "N",

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
+import hostile
 import pytest
 from support import fast_emulator, sdk_threads, seed_examples
 
 from inferencesh import (
     AgentError,
+    AsyncAgent,
     ChatMessage,
+    ConflictError,
+    ConnectError,
     Inference,
     MessageEvent,
+    RetryPolicy,
+    ServerError,
+    StreamInterruptedError,
+    TaskTimeoutError,
     ToolCall,
     ToolCallError,
     UsageError,
@@ -395,3 +405,280 @@ def test_the_blocking_agent_sends_files_and_tool_attachments(tmp_path: Any) -> N
             ),
         )
     assert "2 then 3" == reply.text
+
+
+# -- a message cut short while it is being sent ----------------------------------------------------
+
+
+class _Relay:
+    """A raw loopback server (tests/hostile.py) in front of the emulator: it forwards each
+    request and relays the emulator's answer, except that once the emulator has taken a
+    `POST /agents/run` it can hold that answer (`hold`, until the client hangs up), close the
+    connection instead (`cut`), or answer 502 as a gateway would (`502`); and it can answer
+    every stop itself with `stop_status`, a problem whose detail is hostile text.
+
+    A stop is forwarded only once the message it follows has reached the emulator, so it can
+    never overtake the run it is meant to stop."""
+
+    def __init__(self, upstream: str, *, run: str = "pass", stop_status: int | None = None) -> None:
+        self.upstream = upstream
+        self.run = run
+        self.stop_status = stop_status
+        self.forwarded = threading.Event()  # the emulator answered POST /agents/run
+        self._forward: asyncio.Future[tuple[int, bytes, str]] | None = None
+
+    async def __call__(self, exchange: hostile.Exchange) -> None:
+        path = exchange.request.path
+        if path == "/agents/run":
+            self._forward = asyncio.ensure_future(self._upstream(exchange.request))
+            status, body, kind = await self._forward
+            self.forwarded.set()
+            if self.run == "hold":
+                await exchange.hang()
+            elif self.run == "cut":
+                await exchange.close()
+            elif self.run == "502":
+                await exchange.respond(502, {"detail": "bad gateway"}, reason="Bad Gateway")
+            else:
+                await exchange.respond(status, body, content_type=kind)
+            return
+        if path.endswith("/stop") and self._forward is not None:
+            await asyncio.wait([self._forward], timeout=10)
+        if path.endswith("/stop") and self.stop_status is not None:
+            detail = "stop broke\nWARNING forged log line " + "x" * 5000
+            await exchange.respond(self.stop_status, {"detail": detail})
+            return
+        status, body, kind = await self._upstream(exchange.request)
+        await exchange.respond(status, body, content_type=kind)
+
+    async def _upstream(self, request: hostile.Request) -> tuple[int, bytes, str]:
+        headers = {
+            name: request.headers[name.lower()]
+            for name in ("Authorization", "Content-Type", "Accept")
+            if name.lower() in request.headers
+        }
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.request(
+                request.method, self.upstream + request.path, data=request.body, headers=headers
+            ) as resp,
+        ):
+            return resp.status, await resp.read(), resp.content_type
+
+    @staticmethod
+    def stops(server: hostile.HostileServer, chat_id: str) -> int:
+        return server.paths().count(f"/chats/{chat_id}/stop")
+
+
+_NO_RETRY = RetryPolicy(max_retries=0)
+
+
+async def _cancelled_in_flight(agent: AsyncAgent, relay: _Relay) -> None:
+    """Send a message and cancel it once the emulator has taken it (its answer held)."""
+    task = asyncio.create_task(agent.send_message("hello"))
+    assert await asyncio.to_thread(relay.forwarded.wait, 10)
+    task.cancel()
+    await task
+
+
+async def _chat_with_one_turn(url: str) -> str:
+    """The id of a chat that has answered one message and is idle again."""
+    async with async_inference(api_key="k", base_url=url) as client:
+        agent = client.agent(AGENT)
+
+        async def answer(call: ToolCall) -> None:
+            await agent.submit_tool_result(call.id, "ok")
+
+        await agent.send_message("first", on_tool_call=answer)
+        assert agent.chat_id is not None
+        return agent.chat_id
+
+
+async def _takes_a_message(url: str, chat_id: str) -> None:
+    """The chat is not busy: a new message to it runs to its end (a busy chat answers 409)."""
+    async with async_inference(api_key="k", base_url=url) as client:
+        agent = client.agent(AGENT, chat_id=chat_id)
+
+        async def answer(call: ToolCall) -> None:
+            await agent.submit_tool_result(call.id, "ok")
+
+        assert "again" in (await agent.send_message("again", on_tool_call=answer)).text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("ending", ["cancel", "timeout", "cut", "502"])
+async def test_a_message_to_an_existing_chat_cut_short_in_flight_stops_its_run(
+    emu: Emulator, server: str, ending: str
+) -> None:
+    """Cancelled, timed out, its connection dropped or a gateway's 502, while the POST that
+    sends the message to an existing chat waits for its answer: the emulator took the message
+    and started a run, so `send_message` stops the chat's run (once) before it raises, and the
+    chat takes the next message. The stop's answer (the chat) never replaces the error."""
+    chat_id = await _chat_with_one_turn(server)
+    relay = _Relay(server, run="hold" if ending in ("cancel", "timeout") else ending)
+    expected: dict[str, type[BaseException]] = {
+        "cancel": asyncio.CancelledError,
+        "timeout": TaskTimeoutError,
+        "cut": StreamInterruptedError,
+        "502": ServerError,
+    }
+    async with (
+        hostile.serving(relay) as proxy,
+        async_inference(api_key="k", base_url=proxy.url, retry=_NO_RETRY) as client,
+    ):
+        agent = client.agent(AGENT, chat_id=chat_id)
+        timeout = 1.0 if ending == "timeout" else None
+        with pytest.raises(expected[ending]) as info:
+            await (
+                _cancelled_in_flight(agent, relay)
+                if ending == "cancel"
+                else agent.send_message("hello", timeout=timeout)
+            )
+        assert not getattr(info.value, "__notes__", None)
+        assert 1 == _Relay.stops(proxy, chat_id)
+    chat = emu.chats.get(chat_id)
+    assert chat is not None
+    assert chat.run is not None
+    assert "hello" == chat.run.user.text  # the run of the message cut short ...
+    assert "canceled" == chat.run.state  # ... was stopped
+    await _takes_a_message(server, chat_id)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("case", ["busy", "refused", "new chat"])
+async def test_no_stop_when_the_message_cannot_have_started_a_run(
+    emu: Emulator, server: str, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A message the server refused (409: the chat is busy with another run, which must go
+    on), one that could not connect, and one cut short on its way to a new chat (no id to
+    stop): no stop is sent, and nothing is noted on the error."""
+    chat_id = await _chat_with_one_turn(server)
+    relay = _Relay(server, run="hold" if case == "new chat" else "pass")
+    other = None
+    if case == "busy":  # another client's run, waiting for its tool
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{server}/agents/run",
+                json={"chat_id": chat_id, "input": {"text": "other"}, "agent": AGENT},
+                headers={"Authorization": "Bearer k"},
+            ) as resp,
+        ):
+            assert 200 == resp.status
+            other = (await resp.json())["data"]["user_message"]["agent_run_id"]
+    async with hostile.serving(relay) as proxy:
+        url = hostile.refused_url() if case == "refused" else proxy.url
+        async with async_inference(api_key="k", base_url=url, retry=_NO_RETRY) as client:
+            agent = client.agent(AGENT, chat_id=None if case == "new chat" else chat_id)
+            expected: type[BaseException] = {
+                "busy": ConflictError,
+                "refused": ConnectError,
+                "new chat": asyncio.CancelledError,
+            }[case]
+            with pytest.raises(expected) as info:
+                await (
+                    _cancelled_in_flight(agent, relay)
+                    if case == "new chat"
+                    else agent.send_message("hello")
+                )
+        assert not getattr(info.value, "__notes__", None)
+        assert not [path for path in proxy.paths() if path.endswith("/stop")]
+    assert "could not be stopped" not in caplog.text
+    chat = emu.chats.get(chat_id)
+    assert chat is not None
+    assert chat.run is not None
+    if case == "busy":
+        assert other == chat.run.id
+        assert chat.busy  # the other client's run goes on
+    else:
+        assert "completed" == chat.run.state
+
+
+def _check_note(error: BaseException, chat_id: str) -> None:
+    notes = getattr(error, "__notes__", [])
+    assert 1 == len(notes), notes
+    note = notes[0]
+    assert note.startswith(f"the agent run in chat '{chat_id}' could not be stopped: ServerError(")
+    assert "HTTP 500" in note
+    assert "\n" not in note
+    assert "\r" not in note
+    assert len(note) < 400
+
+
+@pytest.mark.anyio
+async def test_a_failed_stop_after_a_cancel_in_flight_is_noted_on_the_cancellation(
+    server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stop that follows a cancel while the message is sent fails (500 with a hostile,
+    long, multi-line detail): the cancellation is still what is raised, and it carries one
+    note, one bounded line with the server's text escaped, saying the run could not be
+    stopped and why; the same line is logged."""
+    chat_id = await _chat_with_one_turn(server)
+    relay = _Relay(server, run="hold", stop_status=500)
+    async with (
+        hostile.serving(relay) as proxy,
+        async_inference(api_key="k", base_url=proxy.url, retry=_NO_RETRY) as client,
+    ):
+        with pytest.raises(asyncio.CancelledError) as info:
+            await _cancelled_in_flight(client.agent(AGENT, chat_id=chat_id), relay)
+        assert 1 == _Relay.stops(proxy, chat_id)
+    _check_note(info.value, chat_id)
+    assert "stop broke\\nWARNING forged log line" in info.value.__notes__[0]
+    warnings = [r for r in caplog.records if r.name == "inferencesh.agent"]
+    assert 1 == len(warnings)
+    assert "WARNING" == warnings[0].levelname
+    assert info.value.__notes__[0] in warnings[0].getMessage()
+
+
+@pytest.mark.anyio
+async def test_a_failed_stop_after_a_tool_handler_raised_is_noted_on_its_error(
+    emu: Emulator, server: str
+) -> None:
+    """The stop after an accepted message's tool handler raised fails (the emulator answers
+    it 500): the ToolCallError is raised as it was, with the stop's failure noted on it."""
+    async with async_inference(api_key="k", base_url=server, retry=_NO_RETRY) as client:
+        agent = client.agent(AGENT)
+
+        async def broken(call: ToolCall) -> None:
+            emu.faults.fail_next(1, status=500)  # the next request is the stop
+            raise ValueError("tool exploded")
+
+        with pytest.raises(ToolCallError, match="tool exploded") as info:
+            await agent.send_message("hello", on_tool_call=broken)
+    assert 0 == emu.faults.pending_failures
+    assert agent.chat_id is not None
+    _check_note(info.value, agent.chat_id)
+
+
+def test_ctrl_c_while_the_blocking_agent_sends_stops_the_run(
+    emu: Emulator, server: str, client: Inference
+) -> None:
+    """Ctrl-C while the blocking agent's message to an existing chat is on its way (the
+    emulator took it, its answer is held): the same async path stops the run before
+    KeyboardInterrupt reaches the caller, and the chat takes the next message."""
+    import os
+    import signal
+
+    agent = client.agent(AGENT)
+    agent.send_message("first", on_tool_call=_answers(agent))
+    chat_id = agent.chat_id
+    assert chat_id is not None
+    relay = _Relay(server, run="hold")
+
+    def interrupt() -> None:
+        if relay.forwarded.wait(10):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with (
+        hostile.serve_in_thread(relay) as proxy,
+        inference(api_key="k", base_url=proxy.url, retry=_NO_RETRY) as relayed,
+    ):
+        threading.Thread(target=interrupt, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            relayed.agent(AGENT, chat_id=chat_id).send_message("hello")
+        assert 1 == _Relay.stops(proxy, chat_id)
+    chat = emu.chats.get(chat_id)
+    assert chat is not None
+    assert chat.run is not None
+    assert "canceled" == chat.run.state
+    assert "again" in agent.send_message("again", on_tool_call=_answers(agent)).text

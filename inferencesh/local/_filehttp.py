@@ -3,12 +3,16 @@ and a task's files (`GET`/`DELETE /tasks/{id}/files`, `DELETE /tasks/{id}`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from ._emulator import Emulator
 from ._files import (
@@ -20,6 +24,7 @@ from ._files import (
     parse_file_specs,
 )
 from ._http import EMULATOR, _envelope, _json_object, task_or_404
+from ._streaming import bounded_write
 from ._tasks import CANCEL_GRACE, Task
 
 __all__ = ["base_url", "install_files"]
@@ -28,6 +33,9 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Bytes read from an upload, or sent of a download, at a time.
 _CHUNK = 256 * 1024
+# A download is sent in pieces this size, each under `write_timeout`: a client must take one
+# within that time (2 KiB/s at the default 30 s), never the whole file.
+_SEND_CHUNK = 64 * 1024
 # A Host header fit to name the server in a URL: a name or IPv4, or a bracketed IPv6, and a port.
 _HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 _ROLES = ("input", "output")
@@ -115,7 +123,52 @@ async def _blob(request: web.Request) -> web.StreamResponse:
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "sandbox",
     }
-    return web.FileResponse(path, chunk_size=_CHUNK, headers=headers)
+    write_timeout = request.app[EMULATOR].options.http.write_timeout
+    return _BoundedFileResponse(path, write_timeout=write_timeout, headers=headers)
+
+
+class _BoundedFileResponse(web.FileResponse):
+    """aiohttp's `FileResponse` (its Range, HEAD, ETag and conditional answers unchanged) whose
+    body is read a chunk at a time and each chunk written under `HttpLimits.write_timeout`, as
+    streams are: a client that reads nothing is cut, ending the handler and closing the file.
+    (aiohttp's own body, `loop.sendfile`, waits for such a client forever.)"""
+
+    def __init__(self, path: Path, *, write_timeout: float, headers: Mapping[str, str]) -> None:
+        super().__init__(path, chunk_size=_SEND_CHUNK, headers=headers)
+        self._write_timeout = write_timeout
+
+    async def _sendfile(
+        self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
+    ) -> AbstractStreamWriter:
+        """Send `count` bytes of `fobj` from `offset` (called once the headers are decided,
+        only when there is a body to send); `Stalled`, a `ConnectionError`, if the client stops
+        reading, which aiohttp takes as the client gone."""
+        writer = await web.StreamResponse.prepare(self, request)  # the headers
+        assert writer is not None
+        loop = asyncio.get_running_loop()
+        try:
+            while count > 0:
+                chunk = await loop.run_in_executor(
+                    None, _read_at, fobj, offset, min(_SEND_CHUNK, count)
+                )
+                if not chunk:
+                    break  # the file shrank: send what there is, as aiohttp does
+                await bounded_write(request, self.write(chunk), self._write_timeout)
+                offset += len(chunk)
+                count -= len(chunk)
+            await bounded_write(request, self.write_eof(), self._write_timeout)
+        finally:
+            # Closed before the handler returns, the connection cut or not (aiohttp closes it
+            # later on a thread, unawaited). Closing a file opened for reading does not block.
+            fobj.close()
+        return writer
+
+
+def _read_at(fobj: IO[Any], offset: int, size: int) -> bytes:
+    """Up to `size` bytes of `fobj` from `offset` (run on a thread: disk reads block)."""
+    fobj.seek(offset)
+    data: bytes = fobj.read(size)
+    return data
 
 
 # -- a task's files ----------------------------------------------------------------------------

@@ -44,9 +44,10 @@ class HttpLimits:
       connection's accept or, on a kept-alive connection, from the request's first byte (408).
     - `body_timeout` (30 s): how long a request's body may take to arrive after its headers
       (408). Neither timeout applies to a response being written, so streams are not cut.
-    - `write_timeout` (30 s): how long one write of a stream may wait for a client that reads
-      nothing (its buffers full) before the connection is cut, so a stalled reader does not
-      hold its stream handler and its connection slot forever.
+    - `write_timeout` (30 s): how long one write of a stream or of a file download (a piece
+      of up to 64 KiB) may wait for a client that reads nothing (its buffers full) before the
+      connection is cut (a TCP reset), so a stalled reader does not hold its handler, its open
+      file and its connection slot forever.
     - `keepalive_timeout` (75 s): how long an idle kept-alive connection stays open.
     - `max_connections` (4096): open connections at once. At serve time it is lowered to fit
       the process's open-file limit (`RLIMIT_NOFILE`), keeping some descriptors in reserve.

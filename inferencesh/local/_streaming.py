@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import socket
+import struct
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -23,8 +26,10 @@ from ._eventlog import EventLog, LogEvent, Snapshot
 __all__ = [
     "Connection",
     "Framing",
+    "Stalled",
     "StreamSettings",
     "StreamSource",
+    "bounded_write",
     "negotiate_framing",
     "parse_last_event_id",
 ]
@@ -100,8 +105,37 @@ class _Dropped(Exception):
     """The fault injector cut this connection."""
 
 
-class _Stalled(Exception):
+class Stalled(ConnectionResetError):
     """The client read nothing for `write_timeout`; its connection was cut."""
+
+
+async def bounded_write(request: web.BaseRequest, write: Awaitable[None], timeout: float) -> None:
+    """Await a write to `request`'s client (it waits while the client's buffers are full) for
+    at most `timeout` seconds; past it, cut the connection and raise `Stalled`, so the handler
+    ends. The one write bound of streams and file downloads (`HttpLimits.write_timeout`)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await write
+    except TimeoutError:
+        transport = request.transport
+        if transport is not None:
+            _reset(transport)
+        raise Stalled(f"the client read nothing for {timeout:g} s") from None
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Close the connection with a TCP reset, dropping what the kernel still holds to send.
+
+    A plain close queues the FIN behind the unsent bytes, which a client that reads nothing
+    never takes: its socket would linger, holding up to a send buffer, and it would never see
+    the connection end. A zero linger time makes the close a reset, at once.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        linger = struct.pack("HH" if sys.platform == "win32" else "ii", 1, 0)
+        with contextlib.suppress(OSError):  # already gone, or not a TCP socket
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+    transport.abort()
 
 
 class Connection:
@@ -160,10 +194,10 @@ class Connection:
                 # Written as the contract spells it; the decoder also accepts `retry:<ms>`.
                 await self._write(f"retry: {self.settings.retry_ms}\n\n".encode("ascii"))
             if await self._run():
-                await self._bounded(response.write_eof())
+                await bounded_write(self.request, response.write_eof(), self.settings.write_timeout)
         except _Dropped:
             self.dropped = True
-        except _Stalled:
+        except Stalled:
             pass  # cut: nobody is reading, and the handler and its slot are freed
         except ConnectionError:
             pass  # the client went away; there is nobody left to tell
@@ -234,21 +268,9 @@ class Connection:
 
     async def _write(self, data: bytes) -> None:
         assert self._response is not None
-        await self._bounded(self._response.write(data))
+        await bounded_write(self.request, self._response.write(data), self.settings.write_timeout)
         self.bytes_sent += len(data)
         self._last_write = time.monotonic()
-
-    async def _bounded(self, write: Awaitable[None]) -> None:
-        """Await a write (which waits while the client's buffers are full) for at most
-        `write_timeout`; past it, cut the connection and end the handler (`_Stalled`)."""
-        try:
-            async with asyncio.timeout(self.settings.write_timeout):
-                await write
-        except TimeoutError:
-            transport = self.request.transport
-            if transport is not None:
-                transport.abort()
-            raise _Stalled from None
 
     async def _count_event(self) -> None:
         self.events_sent += 1
