@@ -508,8 +508,8 @@ class AsyncAgent:
         That holds while the message is being sent to an existing chat too: unless the server
         certainly did not get it (no connection, a 4xx answer), the chat's run is stopped, as
         the message may have started one. (A new chat has no id until the answer names it:
-        nothing can be stopped there.) If the stop fails, the error raised is still the one
-        that ended the call, with a note saying why the run could not be stopped.
+        nothing can be stopped there.) The error raised is still the one that ended the call,
+        with a note saying that the run was stopped, or why it could not be.
         """
         final: ChatMessage | None = None
         posting = _Posting()
@@ -533,18 +533,21 @@ class AsyncAgent:
 
     async def _stop_after_failure(self, failure: BaseException) -> None:
         """Stop the run after `failure` ended `send_message`. `failure` stays the error the
-        caller gets: a failed stop is only noted on it (and logged), one line, the server's
-        text escaped and cut short."""
+        caller gets; what became of the run is noted on it, one line (the server's text
+        escaped and cut short): stopped, or why it could not be (also logged)."""
         bound = self._transport.timeout
+        chat = preview(self._chat_id)
         try:
             await self.stop(timeout=_STOP_BOUND if bound is None else bound)
         except Exception as exc:
             note = (
-                f"the agent run in chat {preview(self._chat_id)} could not be stopped: "
+                f"could not stop the agent run in chat {chat}: "
                 f"{type(exc).__name__}({preview(str(exc), 200)})"
             )
             failure.add_note(note)
             logger.warning("after %s, %s", type(failure).__name__, note)
+        else:
+            failure.add_note(f"stopped the agent run in chat {chat}")
 
     async def submit_tool_result(
         self,

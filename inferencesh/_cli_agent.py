@@ -7,28 +7,18 @@ id goes to stderr (`chat: <id>`); `--chat ID` continues that chat. Exit codes: 0
 the run failed, 2 usage errors, 130 Ctrl-C (the run is stopped first), 141 stdout's reader went
 away (likewise).
 
-The command reads the answer from `AsyncAgent.stream` rather than `send_message`, which stops
-the run itself when it ends early: here `_stop` alone decides about stopping the run, so one
-request stops it and the line on stderr can say whether it did.
+The answer comes through `AsyncAgent.send_message`, which decides whether to stop the chat's
+run when the answer ends early (Ctrl-C, a closed stdout, an error) and notes on the error what
+became of the run; the line on stderr says it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from ._agent import (
-    AgentEvent,
-    AsyncAgent,
-    ChatMessage,
-    MessageEvent,
-    ToolCall,
-    dispatch,
-    require_final,
-)
+from ._agent import AsyncAgent, MessageEvent, ToolCall
 from ._async_client import AsyncInference
 from ._cli_run import (
     FAILED,
@@ -47,7 +37,6 @@ from ._cli_run import (
     _usage,
 )
 from ._exceptions import InferenceshError, UsageError
-from ._stream import ItemStream
 from ._terminal import OutputClosed, neutralise, one_line, write_err, write_out
 
 if TYPE_CHECKING:
@@ -152,71 +141,46 @@ async def _send(args: argparse.Namespace, agent: AsyncAgent, writer: _ChatWriter
         writer.note(f"the agent called client tool '{call.name}', which the CLI cannot run")
         await agent.submit_tool_result(call.id, rejection(call.name))
 
-    events = agent.stream(args.message)
     with _Interrupts() as interrupts:
+        answer = agent.send_message(
+            args.message, on_message=writer.message, on_tool_call=on_tool_call
+        )
         try:
-            final = await interrupts.guard(_answer(agent, events, writer, on_tool_call))
+            final = await interrupts.guard(answer)
         except (_Interrupted, OutputClosed, InferenceshError) as exc:
             writer.end()
-            return await _stop(args, agent, events, interrupts, exc)
+            return _ended_early(args, agent, interrupts, exc)
     if not writer.wrote_text and final.text:
         writer.message(MessageEvent("text", final.text, final.id))
     writer.end()
     return OK
 
 
-async def _answer(
-    agent: AsyncAgent,
-    events: ItemStream[AgentEvent],
-    writer: _ChatWriter,
-    on_tool_call: Callable[[ToolCall], Awaitable[None]],
-) -> ChatMessage:
-    """`send_message` without its stop: each event to the writer or the tool handler, the
-    final message returned, the stream closed however this ends."""
-    final = None
-    async with events:
-        async for event in events:
-            if isinstance(event, ChatMessage):
-                final = event
-            else:
-                await dispatch(event, writer.message, on_tool_call)
-    return require_final(final, agent.chat_id)
-
-
-async def _stop(
-    args: argparse.Namespace,
-    agent: AsyncAgent,
-    events: ItemStream[AgentEvent],
-    interrupts: _Interrupts,
-    exc: BaseException,
+def _ended_early(
+    args: argparse.Namespace, agent: AsyncAgent, interrupts: _Interrupts, exc: BaseException
 ) -> int:
-    """The answer ended early (`exc`): the one place that stops the chat's run, and says so.
+    """Say how the answer ended early (`exc`) and what became of the chat's run, which
+    `send_message` stopped if the message may have started one (and noted so on its error).
 
-    Ctrl-C, or stdout's reader gone (also while a tool note was written): stop the run of the
-    chat, if there is one (with `--chat` there is, and the message may have started a run even
-    if its POST never answered), and say what became of it; exit 130 (141 when closed). Any
-    other failure: say it, then stop the run, quietly, if the message was accepted (the chat
-    must not wait for a client that has gone, e.g. for a tool result it could not send); exit 1.
+    Ctrl-C, or stdout's reader gone (also while a tool note was written): exit 130 (141 when
+    closed). Any other failure: exit 1.
     """
     closed = isinstance(exc, OutputClosed) or isinstance(exc.__cause__, OutputClosed)
+    # Ctrl-C cancelled `send_message`: its error is the cancellation `_Interrupted` replaced.
+    failure = exc.__context__ if isinstance(exc, _Interrupted) else exc
+    notes: list[str] = getattr(failure, "__notes__", [])
     if isinstance(exc, InferenceshError) and not closed:
         _say(args, f"error: {exc}")
-        if events.reader.codec is not None:  # the POST answered: a run that may go on
-            with contextlib.suppress(_Interrupted, InferenceshError):
-                await interrupts.guard(agent.stop())
+        for note in notes:
+            _say(args, note)
         return FAILED
     why, code = _stopped(closed)
     if agent.chat_id is None:
         _say(args, f"{why} before the chat started")
-        return code
-    try:
-        await interrupts.guard(agent.stop())
-    except _Interrupted:
+    elif notes:
+        _say(args, f"{why}; {notes[-1]}")
+    elif interrupts.repeated:  # a second Ctrl-C cut the stop short
         _say(args, f"{why} again; chat {agent.chat_id} may still be running")
-        return code
-    except InferenceshError as error:
-        _say(args, f"{why}; could not stop chat {agent.chat_id}: {error}")
-        return code
-    stopped = f"stopped chat {agent.chat_id}"
-    _say(args, f"{why}; {stopped}" if closed else stopped)  # Ctrl-C: the line it always was
+    else:
+        _say(args, f"{why} before the message reached chat {agent.chat_id}")
     return code

@@ -188,6 +188,11 @@ class _Interrupts:
         if self._target is not None:
             self._target.cancel()
 
+    @property
+    def repeated(self) -> bool:
+        """Whether Ctrl-C came more than once."""
+        return self._count > 1
+
     def _take(self) -> bool:
         if self._count > self._handled:
             self._handled = self._count

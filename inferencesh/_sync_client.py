@@ -118,7 +118,7 @@ class _Pending(Generic[T]):
         # (when its coroutine never ran).
         try:
             if task.cancelled():
-                self._error = asyncio.CancelledError()
+                self._error = _cancellation(task)
             elif (error := task.exception()) is not None:
                 self._error = error
             else:
@@ -142,6 +142,15 @@ class _Pending(Generic[T]):
         if isinstance(self._error, asyncio.CancelledError):
             raise _Closed from None
         raise self._error
+
+    def note_on(self, error: BaseException) -> None:
+        """Add to `error` (raised in the waiting thread instead of the work's own) the notes
+        the work's error carries, such as what its clean-up did; nothing if it has not ended
+        (`_done` is released after the outcome is set)."""
+        if self._done.acquire(blocking=False):
+            self._done.release()
+            for note in getattr(self._error, "__notes__", ()):
+                error.add_note(note)
 
     def cancel(self) -> None:
         """Cancel the work once, as asyncio does (its clean-up still runs), from any thread;
@@ -414,16 +423,18 @@ class Inference:
         try:
             while interrupted is None and (request := requests.get()) is not None:
                 interrupted = _answer(*request)
-        except BaseException:
+        except BaseException as exc:
             # Ctrl-C while waiting: stop the work, and let it finish what it must (stop the
             # agent's run) before this thread goes on: it is cancelled once, so its clean-up
             # runs.
             done.cancel()
             _drain(requests, cleanup)
+            done.note_on(exc)
             raise
         if interrupted is not None:
             # The loop was told, and ends the work as after any failed callback: wait for that.
             _drain(requests, cleanup)
+            done.note_on(interrupted)
             raise interrupted
         try:
             return done.wait()
@@ -893,6 +904,16 @@ def _to_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: 
     which ended whatever `fn` was for)."""
     with contextlib.suppress(RuntimeError):  # "Event loop is closed"
         loop.call_soon_threadsafe(fn, *args)
+
+
+def _cancellation(task: asyncio.Task[Any]) -> asyncio.CancelledError:
+    """The CancelledError a cancelled task ended with (the one its work raised, with any notes
+    its clean-up added), or a new one if asyncio no longer holds it."""
+    try:
+        task.result()
+    except asyncio.CancelledError as exc:
+        return exc
+    return asyncio.CancelledError()  # pragma: no cover - a cancelled task's result raises
 
 
 def _answer(

@@ -534,7 +534,7 @@ async def test_a_message_to_an_existing_chat_cut_short_in_flight_stops_its_run(
                 if ending == "cancel"
                 else agent.send_message("hello", timeout=timeout)
             )
-        assert not getattr(info.value, "__notes__", None)
+        assert [f"stopped the agent run in chat '{chat_id}'"] == info.value.__notes__
         assert 1 == _Relay.stops(proxy, chat_id)
     chat = emu.chats.get(chat_id)
     assert chat is not None
@@ -583,7 +583,7 @@ async def test_no_stop_when_the_message_cannot_have_started_a_run(
                 )
         assert not getattr(info.value, "__notes__", None)
         assert not [path for path in proxy.paths() if path.endswith("/stop")]
-    assert "could not be stopped" not in caplog.text
+    assert "could not stop" not in caplog.text
     chat = emu.chats.get(chat_id)
     assert chat is not None
     assert chat.run is not None
@@ -598,7 +598,7 @@ def _check_note(error: BaseException, chat_id: str) -> None:
     notes = getattr(error, "__notes__", [])
     assert 1 == len(notes), notes
     note = notes[0]
-    assert note.startswith(f"the agent run in chat '{chat_id}' could not be stopped: ServerError(")
+    assert note.startswith(f"could not stop the agent run in chat '{chat_id}': ServerError(")
     assert "HTTP 500" in note
     assert "\n" not in note
     assert "\r" not in note
@@ -655,7 +655,8 @@ def test_ctrl_c_while_the_blocking_agent_sends_stops_the_run(
 ) -> None:
     """Ctrl-C while the blocking agent's message to an existing chat is on its way (the
     emulator took it, its answer is held): the same async path stops the run before
-    KeyboardInterrupt reaches the caller, and the chat takes the next message."""
+    KeyboardInterrupt reaches the caller, which is noted on it, and the chat takes the next
+    message."""
     import os
     import signal
 
@@ -674,9 +675,11 @@ def test_ctrl_c_while_the_blocking_agent_sends_stops_the_run(
         inference(api_key="k", base_url=proxy.url, retry=_NO_RETRY) as relayed,
     ):
         threading.Thread(target=interrupt, daemon=True).start()
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt) as info:
             relayed.agent(AGENT, chat_id=chat_id).send_message("hello")
         assert 1 == _Relay.stops(proxy, chat_id)
+    # What the loop side's clean-up did reaches the caller's interruption.
+    assert [f"stopped the agent run in chat '{chat_id}'"] == info.value.__notes__
     chat = emu.chats.get(chat_id)
     assert chat is not None
     assert chat.run is not None

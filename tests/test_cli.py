@@ -439,7 +439,9 @@ def test_ctrl_c_stops_the_agent_run(server: str, emu: Emulator) -> None:
         proc.proc.send_signal(signal.SIGINT)
         code, text = proc.finish()
     assert 130 == code, text
-    match = re.search(r"^inferencesh agent: stopped chat (chat_\w+)$", text, re.M)
+    match = re.search(
+        r"^inferencesh agent: interrupted; stopped the agent run in chat '(chat_\w+)'$", text, re.M
+    )
     assert match is not None, text
     chat_id = match.group(1)
     assert 1 == text.count(f"POST /chats/{chat_id}/stop -> 200"), text

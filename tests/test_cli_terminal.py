@@ -534,7 +534,8 @@ def test_closed_pipe_stops_the_agent_run(apps: str, emu: Emulator) -> None:
     found = re.search(r"^chat: (chat_\w+)$", err.decode(), re.M)
     assert found is not None, err
     chat_id = found.group(1)
-    assert f"inferencesh agent: output closed; stopped chat {chat_id}" in err.decode().splitlines()
+    line = f"inferencesh agent: output closed; stopped the agent run in chat '{chat_id}'"
+    assert line in err.decode().splitlines()
     assert 1 == err.decode().count(f"POST /chats/{chat_id}/stop -> 200"), err
 
     def stopped(e: Emulator) -> bool:

@@ -394,7 +394,8 @@ def test_credentials_in_base_url_are_refused_unshown(factory: Callable[..., Any]
         factory(api_key=KEY, base_url=url)
     assert SECRET not in str(caught.value)
     assert "***@" in str(caught.value)
-    assert caught.value.__cause__ is None and caught.value.__context__ is None
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None
 
 
 def test_credentials_in_environment_base_url_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
