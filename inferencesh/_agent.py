@@ -21,8 +21,7 @@ from urllib.parse import quote
 
 import attrs
 
-from ._converters import valid_task_id
-from ._defaults import USE_CLIENT_DEFAULT, Timeout
+from ._defaults import USE_CLIENT_DEFAULT, Timeout, check_callback, path_id, shown_arg
 from ._events import MappingReads
 from ._exceptions import (
     AgentError,
@@ -37,7 +36,7 @@ from ._reader import Codec, StreamReader
 from ._stream import ItemStream
 from ._streaming import StreamingOptions, timed
 from ._transport import Transport
-from ._wire import header_safe, loads, preview
+from ._wire import loads, preview, usable_id
 
 __all__ = [
     "AgentEvent",
@@ -409,10 +408,9 @@ class AsyncAgent:
         options: StreamingOptions,
     ) -> None:
         if not isinstance(ref, str) or not ref:
-            raise UsageError(f"an agent reference must be a non-empty string, got {ref!r}")
-        # It goes into URL paths: the rule a task id follows (`valid_task_id`) is its rule too.
-        if chat_id is not None and not valid_task_id(chat_id):
-            raise UsageError(f"chat_id must be a non-empty printable string, got {chat_id!r:.80}")
+            raise UsageError(f"an agent reference must be a non-empty string, got {shown_arg(ref)}")
+        if chat_id is not None:
+            path_id(chat_id, "chat_id")  # it goes into URL paths: a task id's rule is its rule
         self._transport = transport
         self.ref = ref
         self._chat_id = chat_id
@@ -478,7 +476,7 @@ class AsyncAgent:
         )
         user, assistant = _reply_messages(reply)
         chat_id = assistant.get("chat_id") or user.get("chat_id")
-        if not isinstance(chat_id, str) or not header_safe(chat_id):
+        if not usable_id(chat_id):
             raise ProtocolError("the answer to POST /agents/run names no usable chat_id")
         if self._chat_id is None:
             self._chat_id = chat_id
@@ -511,6 +509,8 @@ class AsyncAgent:
         nothing can be stopped there.) The error raised is still the one that ended the call,
         with a note saying that the run was stopped, or why it could not be.
         """
+        check_callback(on_message, "on_message")
+        check_callback(on_tool_call, "on_tool_call")
         final: ChatMessage | None = None
         posting = _Posting()
         events = self._stream(text, files, timeout, posting)
@@ -560,13 +560,12 @@ class AsyncAgent:
         """Answer a client tool call; a non-string result is sent as JSON. `attachments`
         (at most 20) go with it, uploaded first as `send_message`'s `files` are. `timeout`
         replaces the client's for each request this makes."""
-        if not isinstance(call_id, str) or not call_id:
-            raise UsageError(f"call_id must be a non-empty string, got {call_id!r:.80}")
+        quoted = path_id(call_id, "call_id")
         body = encode_tool_result(result)
         attached = _attachable(attachments)
         if attached:
             body["attachments"] = await self._attachments(attached, timeout)
-        path = f"/tools/{quote(call_id, safe='')}"
+        path = f"/tools/{quoted}"
         await self._transport.request("POST", path, json_body=body, timeout=timeout)
 
     async def stop(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:

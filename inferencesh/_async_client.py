@@ -10,14 +10,21 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal, Self, overload
-from urllib.parse import quote
 
 import attrs
 
 from ._agent import AsyncAgent
 from ._batch import AsyncBatch, BatchItem, OnSubmit, OnUpdate
-from ._converters import TaskEvent, structure_task, valid_task_id
-from ._defaults import USE_CLIENT_DEFAULT, Timeout, call_timeout
+from ._converters import TaskEvent, structure_task
+from ._defaults import (
+    USE_CLIENT_DEFAULT,
+    Timeout,
+    call_timeout,
+    check_callback,
+    path_id,
+    seconds,
+    shown_arg,
+)
 from ._events import TaskUpdate
 from ._exceptions import (
     InferenceshError,
@@ -33,10 +40,10 @@ from ._retry import RetryPolicy
 from ._sessions import AsyncSession, SessionInfo, session_info, session_path
 from ._status import TaskStatus
 from ._stream import ItemStream
-from ._streaming import StreamingOptions, timed
+from ._streaming import StreamingOptions, stream_options, timed
 from ._task_stream import TaskCodec, TaskView, update_of
 from ._transport import DEFAULT_BASE_URL, Transport, without_userinfo
-from ._wire import preview
+from ._wire import preview, usable_id
 
 __all__ = ["DEFAULT_REQUEST_RETRY", "AsyncInference", "TaskStream", "async_inference"]
 
@@ -49,6 +56,8 @@ DEFAULT_REQUEST_RETRY = RetryPolicy(max_retries=2, retry_delay=0.5, max_retry_de
 
 
 def _resolve_base_url(base_url: str | None) -> str:
+    if base_url is not None and not isinstance(base_url, str):
+        raise UsageError(f"base_url must be a URL string or None, got {type(base_url).__name__}")
     url = base_url or os.environ.get("INFERENCE_BASE_URL") or DEFAULT_BASE_URL
     if not url.startswith(("http://", "https://")):
         raise UsageError(
@@ -116,11 +125,23 @@ class AsyncInference:
         default_headers: Mapping[str, str] | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("INFERENCE_API_KEY", "")
-        self._options = streaming_options or StreamingOptions()
+        self._options = stream_options(streaming_options, StreamingOptions(), "streaming_options")
+        if not isinstance(retry, RetryPolicy):
+            raise UsageError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
+        if max_connections is not None and (
+            isinstance(max_connections, bool)
+            or not isinstance(max_connections, int)
+            or max_connections < 1
+        ):
+            raise UsageError(
+                "max_connections must be an integer >= 1, or None (no limit), "
+                f"got {shown_arg(max_connections)}"
+            )
+        check_callback(on_messages, "on_messages")
         self._transport = Transport(
             base_url=_resolve_base_url(base_url),
             api_key=key,
-            timeout=timeout,
+            timeout=seconds(timeout, "timeout"),
             retry=retry,
             max_connections=max_connections,
             max_body_bytes=self._options.max_event_bytes,
@@ -241,7 +262,7 @@ class AsyncInference:
     def _timed(self, options: StreamingOptions | None, timeout: Timeout) -> StreamingOptions:
         """The options of a stream: `options` (else the client's), with the call's `timeout`
         as their `total_timeout` if it gave one."""
-        return timed(options or self._options, timeout)
+        return timed(stream_options(options, self._options), timeout)
 
     async def _create(
         self, params: Params, timeout: Timeout = USE_CLIENT_DEFAULT
@@ -259,11 +280,10 @@ class AsyncInference:
         # Not idempotent: a POST that may have reached the app is never sent twice.
         data = await self._transport.request("POST", "/apps/run", json_body=body, timeout=timeout)
         task_id = data.get("id") if isinstance(data, Mapping) else None
-        if not valid_task_id(task_id):
+        if not usable_id(task_id):
             raise ProtocolError(
                 f"POST /apps/run answered without a usable task id: {preview(data)}"
             )
-        assert isinstance(task_id, str)
         event = structure_task(data, task_id)
         return TaskCodec(task_id), [event] if event is not None else []
 
@@ -351,7 +371,7 @@ class AsyncInference:
     ) -> list[File]:
         """The files a task used (`role="input"`) and made (`"output"`), or both."""
         if role not in (None, "input", "output"):
-            raise UsageError(f'role must be None, "input" or "output", got {role!r:.40}')
+            raise UsageError(f'role must be None, "input" or "output", got {shown_arg(role)}')
         path = f"/tasks/{_quote_id(task_id)}/files" + (f"?role={role}" if role else "")
         data = await self._transport.request("GET", path, timeout=timeout)
         if data is None:
@@ -406,16 +426,20 @@ class AsyncInference:
         dest: str | os.PathLike[str],
         *,
         progress: ProgressCallback | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> Path:
         """Save a file (a `File` from an output, or its URI) at `dest`, a file path or a
         folder to save it in by its name; return the path written.
 
         Written to a temporary file and renamed when complete and of the announced size; a
-        dropped connection resumes where it stopped (`Range`).
+        dropped connection resumes where it stopped (`Range`). Each read is bounded by the
+        options' `idle_timeout`; `timeout` bounds the whole download, resumes included
+        (`RequestTimeoutError`), and defaults to the options' `total_timeout`.
         """
         return await download(
-            self._transport, file_or_uri, dest, progress=progress, options=self._options
-        )
+            self._transport, file_or_uri, dest, progress=progress,
+            options=timed(self._options, timeout),
+        )  # fmt: skip
 
     def agent(
         self, ref: str, *, chat_id: str | None = None, options: StreamingOptions | None = None
@@ -424,7 +448,9 @@ class AsyncInference:
 
         Pass `chat_id` to continue an existing chat; otherwise the first message starts one.
         """
-        return AsyncAgent(self._transport, ref, chat_id=chat_id, options=options or self._options)
+        return AsyncAgent(
+            self._transport, ref, chat_id=chat_id, options=stream_options(options, self._options)
+        )
 
     def session(
         self, app: str, *, idle_timeout: int | None = None, keepalive: bool = True
@@ -506,9 +532,7 @@ def _require_object(data: Any) -> Mapping[str, Any]:
 
 
 def _quote_id(task_id: str) -> str:
-    if not valid_task_id(task_id):
-        raise UsageError(f"task_id must be a non-empty printable string, got {task_id!r:.80}")
-    return quote(task_id, safe="")
+    return path_id(task_id, "task_id")
 
 
 async_inference = AsyncInference

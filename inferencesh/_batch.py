@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 
+from ._defaults import check_callback, shown_arg
 from ._events import TaskUpdate
 from ._exceptions import InferenceshError, TaskError, UsageError
 from ._status import TaskStatus
-from ._streaming import StreamingOptions
+from ._streaming import StreamingOptions, stream_options
 
 if TYPE_CHECKING:
     from ._async_client import AsyncInference, TaskStream
@@ -230,9 +231,18 @@ class AsyncBatch(AsyncIterator[TaskOutcome]):
         total: int | None,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise UsageError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+            raise UsageError(f"concurrency must be an integer >= 1, got {shown_arg(concurrency)}")
         if isinstance(configs, Mapping | str | bytes):
             raise UsageError("run_many takes an iterable of configs, not a single config")
+        if not isinstance(configs, Iterable):
+            raise UsageError(f"run_many takes an iterable of configs, got {type(configs).__name__}")
+        if total is not None and (
+            isinstance(total, bool) or not isinstance(total, int) or total < 0
+        ):
+            raise UsageError(f"total must be an integer >= 0 or None, got {shown_arg(total)}")
+        check_callback(on_update, "on_update")
+        check_callback(on_submit, "on_submit")
+        options = stream_options(options, client.streaming_options)
         if total is None and hasattr(configs, "__len__"):
             total = len(configs)  # type: ignore[arg-type]
         self._client = client

@@ -20,7 +20,7 @@ import cattrs
 from ._events import Progress, new_progress
 from ._exceptions import ProtocolError
 from ._status import _BY_CODE, TaskStatus
-from ._wire import header_safe, preview
+from ._wire import preview
 
 __all__ = ["DELTA", "PARTIAL", "SNAPSHOT", "TaskEvent", "converter", "structure_task"]
 
@@ -62,11 +62,6 @@ class TaskEvent(NamedTuple):
 # Streams build one event per payload: the tuple constructor, without NamedTuple's Python-level
 # `__new__`, costs half as much and builds the same thing.
 _new_event = tuple.__new__
-
-
-def valid_task_id(value: Any) -> bool:
-    """Whether `value` can be a task id: a non-empty string we can put in a URL and a header."""
-    return isinstance(value, str) and header_safe(value)
 
 
 def structure_task(obj: Any, task_id: str) -> TaskEvent | None:

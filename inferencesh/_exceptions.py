@@ -371,6 +371,15 @@ def status_error(
     )
 
 
+def envelope_error(status: int, envelope: Mapping[str, Any]) -> APIStatusError:
+    """The error for a 2xx answer whose envelope says `success: false`: its `error.message`
+    (or problem+json `detail`, ...) and `error.code`, as `status_error` reads them."""
+    message, code = _problem_message(envelope)
+    return APIStatusError(
+        status, message or "the server reported success: false", code=code, body=envelope
+    )
+
+
 # S3, GCS and Azure all name an error with `<Code>` and explain it with `<Message>`.
 _STORAGE_FIELD = re.compile(r"<(Code|Message|title)>([^<]{1,300})</(?:Code|Message|title)>")
 _STORAGE_CLASSES: dict[int, type[APIStatusError]] = {404: NotFoundError, 429: RateLimitError}

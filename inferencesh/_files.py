@@ -25,11 +25,13 @@ from urllib.parse import unquote, unquote_to_bytes
 
 import attrs
 
-from ._defaults import USE_CLIENT_DEFAULT, Timeout
+from ._defaults import USE_CLIENT_DEFAULT, Timeout, check_callback
 from ._events import MappingReads
 from ._exceptions import (
     APIStatusError,
+    InferenceshError,
     ProtocolError,
+    RequestTimeoutError,
     StreamInterruptedError,
     TransportError,
     UsageError,
@@ -227,6 +229,10 @@ def _path_source(path: Path, filename: str | None, content_type: str | None) -> 
         size = path.stat().st_size
     except OSError as exc:
         raise UsageError(f"cannot upload {str(path)!r}: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL in the path, or a lone surrogate the file system cannot encode
+        raise UsageError(
+            f"cannot upload {str(path)!r}: not a valid path (a NUL or an unencodable character)"
+        ) from None
     if not path.is_file():
         raise UsageError(f"cannot upload {str(path)!r}: not a regular file")
     name = filename or path.name or "file"
@@ -318,6 +324,10 @@ async def upload(
 ) -> File:
     """Upload `value` (see `AsyncInference.upload_file`) and return the new `File`; `timeout`
     bounds the `POST /files` that creates it (the bytes are bounded by `idle_timeout`)."""
+    for name, given in (("filename", filename), ("content_type", content_type)):
+        if given is not None and not isinstance(given, str):
+            raise UsageError(f"{name} must be a string or None, got {type(given).__name__}")
+    check_callback(progress, "progress")
     source = _source(value, filename=filename, content_type=content_type)
     description = {
         "uri": "", "filename": source.filename, "content_type": source.content_type,
@@ -419,7 +429,10 @@ def file_ref(file: File) -> dict[str, Any]:
 
 def _key(value: Any) -> Any:
     if isinstance(value, Path):
-        return ("path", str(value.resolve()))
+        try:
+            return ("path", str(value.resolve()))
+        except ValueError:  # a NUL or a lone surrogate: uploading it says so (`_path_source`)
+            return ("path", str(value))
     if isinstance(value, str):
         return ("data", value)
     if isinstance(value, File):
@@ -483,6 +496,7 @@ async def download(
     so no half file ever has the final name. A dropped connection resumes with `Range` where
     it stopped, as often as `options` allows retries without progress.
     """
+    check_callback(progress, "progress")
     file = file_or_uri if isinstance(file_or_uri, File) else File(uri=file_or_uri)
     if not isinstance(file.uri, str) or not file.uri.startswith(("http://", "https://")):
         raise UsageError(f"can only download http(s) URIs, got {masked(preview(file.uri))}")
@@ -492,29 +506,26 @@ async def download(
     target = _target(file, dest, parts.path)
     partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
     state = _Received(target.name, file.size)
-    failures = 0
     try:
         with partial.open("wb") as out:
-            while True:
-                before = state.done
-                try:
-                    await _fetch(transport, file, out, state, progress, options)
-                    break
-                except (TransportError, APIStatusError) as error:
-                    if state.complete:
-                        break  # cut after the last byte: nothing is left to ask for
-                    failures = 0 if state.done > before else failures + 1
-                    delay = retry_delay(
-                        options, failures, retry_after=getattr(error, "retry_after", None)
-                    )
-                    if delay is None or not may_retry(error, idempotent=True):
-                        raise
-                    await asyncio.sleep(delay)
+            deadline = asyncio.timeout(options.total_timeout)
+            try:
+                async with deadline:
+                    await _fetch_all(transport, file, out, state, progress, options)
+            except TimeoutError as exc:
+                if not deadline.expired():
+                    raise
+                raise RequestTimeoutError(
+                    f"the download of {_named(file)} did not end within "
+                    f"{options.total_timeout} seconds (timeout)"
+                ) from exc
         if state.total is not None and state.done != state.total:
             raise ProtocolError(
                 f"{_named(file)} gave {state.done} bytes, not the {state.total} announced"
             )
         os.replace(partial, target)
+    except InferenceshError:
+        raise  # before OSError: a RequestTimeoutError is a TimeoutError, so an OSError too
     except (OSError, ValueError) as exc:  # the local side: a folder there, a full disk, ...
         reason = exc.strerror if isinstance(exc, OSError) else None
         raise UsageError(f"cannot save to {str(target)!r}: {reason or exc}") from None
@@ -537,6 +548,32 @@ class _Received:
         return self.total is not None and self.done == self.total
 
 
+async def _fetch_all(
+    transport: Transport,
+    file: File,
+    out: IO[bytes],
+    state: _Received,
+    progress: ProgressCallback | None,
+    options: StreamingOptions,
+) -> None:
+    """`_fetch` until the file is whole, resuming after each failure the retry policy allows
+    (its count starts afresh whenever an attempt brought bytes)."""
+    failures = 0
+    while True:
+        before = state.done
+        try:
+            await _fetch(transport, file, out, state, progress, options)
+            return
+        except (TransportError, APIStatusError) as error:
+            if state.complete:
+                return  # cut after the last byte: nothing is left to ask for
+            failures = 0 if state.done > before else failures + 1
+            delay = retry_delay(options, failures, retry_after=getattr(error, "retry_after", None))
+            if delay is None or not may_retry(error, idempotent=True):
+                raise
+            await asyncio.sleep(delay)
+
+
 async def _fetch(
     transport: Transport,
     file: File,
@@ -552,18 +589,19 @@ async def _fetch(
     async with transport.stream(
         file.uri, headers=headers, options=options, keyless_url=True
     ) as resp:
-        if state.done and resp.status != 206:
-            out.seek(0)  # the server sends the whole file again
-            out.truncate()
-            state.done = 0
-        elif state.done:
+        if resp.status == 206:  # a part: it must start where this request asked (or at 0)
             start, whole = _content_range(resp.headers.get("Content-Range"))
             if start != state.done:
+                what = "a Range request" if state.done else "a request for the whole file"
                 raise ProtocolError(
-                    f"{_named(file)} answered a Range request from {start}, not {state.done}"
+                    f"{_named(file)} answered {what} with a part from {start}, not {state.done}"
                 )
             state.total = whole if whole is not None else state.total
-        if not state.done:
+        else:
+            if state.done:
+                out.seek(0)  # the server sends the whole file again
+                out.truncate()
+                state.done = 0
             length = resp.headers.get("Content-Length")
             if length is not None and length.isdigit():
                 if state.total is not None and int(length) != state.total:

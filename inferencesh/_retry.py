@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from ._defaults import finite, shown_arg
 from ._exceptions import APIStatusError, ConnectError, TransportError, UsageError
 
 __all__ = [
@@ -31,27 +32,27 @@ __all__ = [
 
 
 def _number(attribute: attrs.Attribute[Any], value: Any, bound: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise UsageError(f"{attribute.name} must be a number {bound}, got {value!r}")
-    if math.isinf(value):
-        raise UsageError(f"{attribute.name} must be finite, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:  # NaN
+        raise UsageError(f"{attribute.name} must be a number {bound}, got {shown_arg(value)}")
+    if finite(value) is None:  # an infinity, or an int too large for a float (10**400)
+        raise UsageError(f"{attribute.name} must be finite, got {shown_arg(value)}")
 
 
 def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     _number(attribute, value, ">= 0")
     if value < 0:
-        raise UsageError(f"{attribute.name} must be a number >= 0, got {value!r}")
+        raise UsageError(f"{attribute.name} must be a number >= 0, got {shown_arg(value)}")
 
 
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     _number(attribute, value, "> 0")
     if value <= 0:
-        raise UsageError(f"{attribute.name} must be a number > 0, got {value!r}")
+        raise UsageError(f"{attribute.name} must be a number > 0, got {shown_arg(value)}")
 
 
 def _count(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UsageError(f"{attribute.name} must be an integer >= 0, got {value!r}")
+        raise UsageError(f"{attribute.name} must be an integer >= 0, got {shown_arg(value)}")
 
 
 @attrs.frozen(kw_only=True)

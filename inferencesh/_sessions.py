@@ -12,11 +12,10 @@ import logging
 from collections.abc import Awaitable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, overload
-from urllib.parse import quote
 
 import attrs
 
-from ._defaults import USE_CLIENT_DEFAULT, Timeout
+from ._defaults import USE_CLIENT_DEFAULT, Timeout, finite, path_id, shown_arg
 from ._events import MappingReads, TaskUpdate
 from ._exceptions import (
     InferenceshError,
@@ -28,7 +27,7 @@ from ._exceptions import (
 )
 from ._streaming import StreamingOptions
 from ._transport import Transport
-from ._wire import header_safe, preview
+from ._wire import preview, usable_id
 
 if TYPE_CHECKING:
     from ._async_client import AsyncInference, TaskStream
@@ -88,11 +87,7 @@ def session_info(data: Any) -> SessionInfo:
 
 def session_path(session_id: str, suffix: str = "") -> str:
     """The API path of a session (its id checked and quoted)."""
-    if not isinstance(session_id, str) or not session_id or not header_safe(session_id):
-        raise UsageError(
-            f"a session id must be a non-empty printable string, got {session_id!r:.80}"
-        )
-    return f"/sessions/{quote(session_id, safe='')}{suffix}"
+    return f"/sessions/{path_id(session_id, 'a session id')}{suffix}"
 
 
 class AsyncSession:
@@ -114,11 +109,13 @@ class AsyncSession:
         keepalive: bool = True,
     ) -> None:
         if not isinstance(app, str) or not app:
-            raise UsageError(f"an app reference must be a non-empty string, got {app!r}")
+            raise UsageError(f"an app reference must be a non-empty string, got {shown_arg(app)}")
         if idle_timeout is not None and (
-            isinstance(idle_timeout, bool) or not isinstance(idle_timeout, int) or idle_timeout < 1
-        ):
-            raise UsageError(f"idle_timeout must be whole seconds >= 1, got {idle_timeout!r}")
+            not isinstance(idle_timeout, int) or finite(idle_timeout) is None or idle_timeout < 1
+        ):  # finite: a whole number of seconds a float can hold (not 10**400)
+            raise UsageError(
+                f"idle_timeout must be whole seconds >= 1, got {shown_arg(idle_timeout)}"
+            )
         self._client = client
         self._transport = transport
         self.app = app
@@ -169,7 +166,7 @@ class AsyncSession:
             params["session_timeout"] = self._idle_timeout
         first = await self._client.run(params)
         session_id = first.session_id
-        if not isinstance(session_id, str) or not session_id or not header_safe(session_id):
+        if not usable_id(session_id):
             raise ProtocolError(f"task {first.id} opened no usable session: {session_id!r:.80}")
         self._id = session_id
         try:

@@ -8,11 +8,11 @@ from typing import Any
 import attrs
 
 from ._connection import ConnectionEvent
-from ._defaults import USE_CLIENT_DEFAULT, Timeout, call_timeout
+from ._defaults import USE_CLIENT_DEFAULT, Timeout, call_timeout, check_callback, shown_arg
 from ._exceptions import UsageError
 from ._retry import RetryPolicy, _positive
 
-__all__ = ["DEFAULT_MAX_EVENT_BYTES", "StreamingOptions", "timed"]
+__all__ = ["DEFAULT_MAX_EVENT_BYTES", "StreamingOptions", "stream_options", "timed"]
 
 DEFAULT_MAX_EVENT_BYTES = 32 * 1024 * 1024
 
@@ -23,8 +23,7 @@ def _optional_positive(_: object, attribute: attrs.Attribute[Any], value: float 
 
 
 def _callback(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not callable(value):
-        raise UsageError(f"{attribute.name} must be a callable or None, got {value!r:.80}")
+    check_callback(value, attribute.name)
 
 
 def _callback_repr(value: object) -> str:
@@ -33,7 +32,7 @@ def _callback_repr(value: object) -> str:
 
 def _size(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"{attribute.name} must be an integer >= 1, got {value!r}")
+        raise UsageError(f"{attribute.name} must be an integer >= 1, got {shown_arg(value)}")
 
 
 @attrs.frozen(kw_only=True)
@@ -74,6 +73,17 @@ class StreamingOptions(RetryPolicy):
     on_connection: Callable[[ConnectionEvent], None] | None = attrs.field(
         default=None, validator=_callback, eq=False, repr=_callback_repr
     )
+
+
+def stream_options(
+    options: StreamingOptions | None, default: StreamingOptions, name: str = "options"
+) -> StreamingOptions:
+    """A call's `options`, or `default` when it gave None; anything else is a `UsageError`."""
+    if options is None:
+        return default
+    if not isinstance(options, StreamingOptions):
+        raise UsageError(f"{name} must be StreamingOptions or None, got {type(options).__name__}")
+    return options
 
 
 def timed(options: StreamingOptions, timeout: Timeout) -> StreamingOptions:

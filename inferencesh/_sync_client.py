@@ -49,7 +49,7 @@ from ._batch import (
     next_outcome,
 )
 from ._connection import ConnectionEvent
-from ._defaults import USE_CLIENT_DEFAULT, Timeout
+from ._defaults import USE_CLIENT_DEFAULT, Timeout, check_callback
 from ._events import TaskUpdate
 from ._exceptions import InferenceshError, UsageError
 from ._files import File, ProgressCallback
@@ -398,6 +398,8 @@ class Inference:
     ) -> T:
         """Run the coroutine function `fn` on the loop, with `callbacks` run in this thread:
         on the loop side each is an async callable that waits for this thread to run it."""
+        for name, callback in callbacks.items():
+            check_callback(callback, name)  # said now, not when the first one is due
         requests: queue.SimpleQueue[tuple[Callable[[Any], Any], Any, asyncio.Future[Any]] | None]
         requests = queue.SimpleQueue()
 
@@ -651,11 +653,13 @@ class Inference:
         dest: str | os.PathLike[str],
         *,
         progress: ProgressCallback | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> Path:
         """Save a file at `dest` (see `AsyncInference.download`); `progress` runs in this
         thread."""
         return self._relay(
-            functools.partial(self._async.download, file_or_uri, dest), progress=progress
+            functools.partial(self._async.download, file_or_uri, dest, timeout=timeout),
+            progress=progress,
         )
 
     def agent(

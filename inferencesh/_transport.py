@@ -46,6 +46,7 @@ from ._exceptions import (
     StreamInterruptedError,
     TransportError,
     UsageError,
+    envelope_error,
     status_error,
     storage_error,
 )
@@ -697,10 +698,13 @@ class Transport:
         url = self.base_url + path
         headers = self._api_headers if body is None else self._api_json_headers
         with logged(method, path) as exchange, map_errors():
-            async with session.request(method, url, data=body, **self._route(url, headers)) as resp:
+            async with session.request(
+                method, url, data=body, allow_redirects=False, **self._route(url, headers)
+            ) as resp:
                 exchange.status = resp.status
                 if resp.status >= 400:
                     raise _status_error(resp, await _read_capped(resp))
+                _refuse_redirect(method, path, resp)
                 body = await _read_body(resp, self._max_body_bytes)
         data, messages = _unwrap(resp.status, body)
         for message in messages:
@@ -729,7 +733,10 @@ class Transport:
             total=None, connect=options.connect_timeout, sock_connect=options.connect_timeout
         )
         with logged("GET", path) as exchange, map_errors():
-            ctx = session.get(url, timeout=timeout, **self._route(url, headers))
+            # Storage may redirect a download (the request carries no secret); the API may not.
+            ctx = session.get(
+                url, timeout=timeout, allow_redirects=keyless_url, **self._route(url, headers)
+            )
             waiting = asyncio.timeout(options.headers_timeout)
             try:
                 async with waiting:
@@ -745,6 +752,8 @@ class Transport:
             if resp.status < 400:
                 exchange.note = f" (headers; streaming {resp.content_type or 'the body'})"
         try:
+            if not keyless_url:
+                _refuse_redirect("GET", path, resp)
             if resp.status >= 400:
                 with map_errors():
                     try:
@@ -832,6 +841,28 @@ def _encode(value: Any) -> bytes:
         raise UsageError(f"the request body cannot be sent as JSON: {exc}") from None
 
 
+def _refuse_redirect(method: str, path: str, resp: aiohttp.ClientResponse) -> None:
+    """Raise `ProtocolError` for a redirect (3xx) from the API. API requests never follow one:
+    aiohttp would send the request's body and `default_headers` (only `Authorization` is
+    dropped) to whatever origin the server names, and turn a POST into a GET whose answer
+    would pass for the POST's."""
+    if not 300 <= resp.status < 400:
+        return
+    location = resp.headers.get("Location")
+    where = f" to {_printable(shown(location))}" if location else ""
+    raise ProtocolError(
+        f"{method} {shown(path)} was answered {resp.status}, a redirect{where}; API requests do "
+        "not follow redirects (is base_url right?)"
+    )
+
+
+def _printable(text: str) -> str:
+    """`text` with anything not printable ASCII escaped (a header's undecodable bytes)."""
+    if text.isascii() and text.isprintable():
+        return text
+    return repr(text)[1:-1].encode("ascii", "backslashreplace").decode("ascii")
+
+
 def _status_error(
     resp: aiohttp.ClientResponse, body: bytes, *, storage: bool = False
 ) -> APIStatusError:
@@ -871,9 +902,10 @@ def _unwrap(status: int, body: bytes) -> tuple[Any, list[Any]]:
     if status == 204 or not body.strip():
         return None, []
     payload = loads(body)
+    if isinstance(payload, Mapping) and payload.get("success") is False:
+        # With or without `data`: never taken for a bare DTO (the API's v1 error envelope).
+        raise envelope_error(status, payload)
     if isinstance(payload, Mapping) and "data" in payload:
-        if payload.get("success") is False:
-            raise APIStatusError(status, "the server reported success: false", body=payload)
         messages = payload.get("messages")
         return payload["data"], list(messages) if isinstance(messages, list) else []
     return payload, []

@@ -11,11 +11,19 @@ import json
 import math
 import reprlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from ._exceptions import ProtocolError
 
-__all__ = ["MAX_JSON_DEPTH", "header_safe", "is_blank", "loads", "preview", "split_lines"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "header_safe",
+    "is_blank",
+    "loads",
+    "preview",
+    "split_lines",
+    "usable_id",
+]
 
 MAX_JSON_DEPTH = 512
 """The deepest nesting of arrays and objects accepted in anything a server sends."""
@@ -30,7 +38,9 @@ def _stdlib_decode(data: Buffer) -> Any:
     """The standard library's decoder, held to what orjson accepts."""
     if isinstance(data, memoryview | bytearray):
         data = bytes(data)
-    return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+    return json.loads(
+        data, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_orjson_int
+    )
 
 
 def _reject_constant(name: str) -> Any:
@@ -42,6 +52,22 @@ def _finite_float(text: str) -> float:
     if math.isinf(value):
         raise ValueError("number is infinity when parsed as double")
     return value
+
+
+# The integers orjson gives as ints; past them it gives a float, and refuses one past float range.
+_INT_DIGITS = 20
+_INT_RANGE = range(-(2**63), 2**64)
+
+
+def _orjson_int(text: str) -> int | float:
+    """An integer as orjson reads it: an int within 64 bits, else a finite float. So a
+    400-digit integer is refused by either decoder, and no value a server sends overflows
+    `float()` (or costs a quadratic `int()`) later."""
+    if len(text) <= _INT_DIGITS:
+        value = int(text)
+        if value in _INT_RANGE:
+            return value
+    return _finite_float(text)
 
 
 _decode: Callable[[Buffer], Any] = _stdlib_decode
@@ -160,6 +186,13 @@ def split_lines(chunk: bytes) -> tuple[list[Line], bytes, bool]:
             lines.append(chunk[start:end])
         start = end + 1
     return lines, chunk[start:], copied
+
+
+def usable_id(value: Any) -> TypeGuard[str]:
+    """Whether `value` can be a resource's id (a task's, a chat's, a session's, a tool call's):
+    a string we can send back as a header value and as one URL path segment, so not `.` or
+    `..`, which a URL reads as "this folder" or "the one above" (another endpoint)."""
+    return isinstance(value, str) and header_safe(value) and value not in (".", "..")
 
 
 def is_blank(data: Buffer) -> bool:

@@ -4,6 +4,7 @@ inputs that upload themselves without guessing (servers over real loopback socke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 from collections.abc import AsyncIterator
@@ -586,3 +587,88 @@ async def test_a_missing_stored_file_is_not_found(tmp_path: Path) -> None:
                 await client.download(f"http://127.0.0.1:{runner.addresses[0][1]}/blob", tmp_path)
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def _raw_server(answer: Any) -> AsyncIterator[str]:
+    """A loopback server whose `answer(reader, writer)` handles each connection; on leaving,
+    every handler still running is cancelled and its connection closed."""
+    handlers: set[asyncio.Task[Any]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            await answer(reader, writer)
+        finally:
+            writer.close()
+            handlers.discard(task)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/blob"
+    finally:
+        server.close()
+        for task in list(handlers):
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+async def test_a_part_answered_to_a_whole_file_request_is_refused(tmp_path: Path) -> None:
+    """A 206 from byte 5 to a request that asked for the whole file (no Range) would be
+    saved as the file itself: it is a ProtocolError, and nothing is saved."""
+
+    async def part(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 5-7/10\r\n"
+            b"Content-Length: 3\r\nConnection: close\r\n\r\nabc"
+        )
+        await writer.drain()
+
+    async with (
+        _raw_server(part) as url,
+        async_inference(api_key="k", base_url="http://127.0.0.1:9") as client,
+    ):
+        with pytest.raises(ProtocolError, match="whole file with a part from 5, not 0"):
+            await client.download(url, tmp_path / "out.bin")
+    assert [] == list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+async def test_a_download_that_trickles_forever_ends_at_its_timeout(
+    tmp_path: Path, blocking: bool
+) -> None:
+    """A byte every 50 ms never trips idle_timeout: `timeout=` bounds the whole download,
+    a RequestTimeoutError (not an OSError: it is a TimeoutError), and no part file is left."""
+    from inferencesh import RequestTimeoutError, inference
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(2000):  # bounded: 100 s at most, far past the test's timeout
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+
+    async def fetch(url: str) -> None:
+        if blocking:
+            with inference(api_key="k", base_url="http://127.0.0.1:9") as sync_client:
+                await asyncio.to_thread(sync_client.download, url, tmp_path / "o", timeout=0.5)
+            return
+        options = StreamingOptions(idle_timeout=5.0)
+        async with async_inference(
+            api_key="k", base_url="http://127.0.0.1:9", streaming_options=options
+        ) as client:
+            await client.download(url, tmp_path / "o", timeout=0.5)
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with _raw_server(trickle) as url:
+        with pytest.raises(RequestTimeoutError, match=r"did not end within 0\.5 seconds"):
+            await fetch(url)
+    assert loop.time() - started < 4.0
+    assert [] == list(tmp_path.iterdir())
