@@ -360,13 +360,22 @@ _HOST = re.compile(r"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\
 
 
 def split_url(url: str, *, error: type[InferenceshError], what: str) -> SplitResult:
-    """`url` split into its parts. A URL `urlsplit` cannot read (a malformed IPv6 host, say)
+    """`url` split into its parts. A URL `urlsplit` cannot read (a malformed IPv6 host, say),
+    or an http(s) URL with no usable host (empty, with spaces or control characters) or port,
     raises `error`: `UsageError` for one the caller gave, `ProtocolError` for one the server
     sent. The message names `what` and the URL as `shown` shows it, never its secrets."""
     try:
-        return urlsplit(url)
+        parts = urlsplit(url)
+        port = parts.port  # a port that is not a number from 0 to 65535 raises here
     except ValueError as exc:
         raise error(f"{what} is not a valid URL ({exc}): {shown(url)}") from None
+    if parts.scheme.lower() in ("http", "https"):
+        host = parts.hostname or ""
+        if not host or not host.isprintable() or any(char.isspace() for char in host):
+            raise error(f"{what} names no valid host: {shown(url)}")
+        if port == 0:
+            raise error(f"{what} names port 0: {shown(url)}")
+    return parts
 
 
 def without_userinfo(url: str) -> str:

@@ -432,26 +432,31 @@ async def test_an_error_answer_in_pieces_is_read_whole() -> None:
     assert [r.key for r in info.value.errors] == ["K"]
 
 
-MALFORMED = "https://[::1/x"  # urlsplit raises ValueError on it (a broken IPv6 host)
-
-
+@pytest.mark.parametrize(
+    "malformed",
+    [
+        "https://[::1/x",  # urlsplit raises ValueError on it (a broken IPv6 host)
+        "https://a b/x",  # no usable host: it was tried, and retried, as a DNS name
+        "https://h:99999/x",
+    ],
+)
 async def test_a_malformed_url_is_typed_by_whose_it_is(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, malformed: str
 ) -> None:
-    """A URL `urlsplit` cannot read: the server's (a File's uri, an upload_url) is a
-    `ProtocolError`, the caller's a `UsageError`, never a raw ValueError; with a proxy in the
-    environment too (which splits each URL to pick a proxy)."""
+    """A URL with no usable host or port: the server's (a File's uri, an upload_url) is a
+    `ProtocolError`, the caller's a `UsageError`, at once and never a raw ValueError; with a
+    proxy in the environment too (which splits each URL to pick a proxy)."""
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     async with (
-        files_api(upload_url=MALFORMED) as (url, seen),
+        files_api(upload_url=malformed) as (url, seen),
         async_inference(api_key="k", base_url=url, streaming_options=FAST) as client,
     ):
         with pytest.raises(ProtocolError, match="upload_url"):
             await client.upload_file(b"content")
         with pytest.raises(ProtocolError, match="uri"):
-            await client.download(File(uri=MALFORMED, filename="f.bin"), tmp_path)
+            await client.download(File(uri=malformed, filename="f.bin"), tmp_path)
         with pytest.raises(UsageError, match="uri"):
-            await client.download(MALFORMED, tmp_path)
+            await client.download(malformed, tmp_path)
     assert seen["puts"] == []
     assert list(tmp_path.iterdir()) == []
 

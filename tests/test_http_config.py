@@ -372,9 +372,23 @@ async def test_malformed_environment_proxy_is_ignored_with_a_warning(
 
 
 @pytest.mark.parametrize("factory", [async_inference, inference])
-def test_malformed_base_url_is_a_usage_error(factory: Callable[..., Any]) -> None:
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1:8080",
+        "http://a b/x",
+        "http://\x00/x",
+        "http:///x",
+        "http://h:99999/",
+        "http://h:abc/",
+        "http://h:0/",
+    ],
+)
+def test_malformed_base_url_is_a_usage_error(factory: Callable[..., Any], url: str) -> None:
+    """Refused when the client is made: a URL with no usable host or port otherwise failed at
+    the first request (a ConnectError after every retry, for a host with a space)."""
     with pytest.raises(UsageError, match="base_url"):
-        factory(api_key=KEY, base_url="http://[::1:8080")
+        factory(api_key=KEY, base_url=url)
 
 
 @pytest.mark.parametrize("factory", [async_inference, inference])
