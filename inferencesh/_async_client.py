@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import os
 import reprlib
+import threading
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -150,6 +153,11 @@ class AsyncInference:
             trust_env=trust_env,
             default_headers=default_headers,
         )
+        # What must clean up on the server if it is left open (batches, `cancel_on_close`
+        # streams): `aclose` closes them first, while the connections are still open.
+        # Added to from any thread (the blocking client makes streams in its caller's).
+        self._leavers: weakref.WeakSet[AsyncBatch | StreamReader[Any]] = weakref.WeakSet()
+        self._leavers_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<AsyncInference base_url={self.base_url!r}>"
@@ -181,7 +189,18 @@ class AsyncInference:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool. The client cannot be used afterwards."""
+        """Close the connection pool. The client cannot be used afterwards. Batches and
+        `cancel_on_close` streams still open are closed first (their unfinished tasks are
+        cancelled on the server, as leaving them early does)."""
+        if not self._transport.closed:
+            with self._leavers_lock:
+                leavers = list(self._leavers)
+                self._leavers.clear()
+            for failure in await asyncio.gather(
+                *(leaver.aclose() for leaver in leavers), return_exceptions=True
+            ):
+                if isinstance(failure, Exception):  # closing anyway: say it, do not mask
+                    logger.warning("closing a stream or batch of the client failed: %r", failure)
         await self._transport.aclose()
 
     @property
@@ -300,6 +319,9 @@ class AsyncInference:
             start,
             on_abandon=self._abandoned if cancel_on_close else None,
         )
+        if cancel_on_close:
+            with self._leavers_lock:
+                self._leavers.add(reader)  # the reader: a blocking stream keeps only it
         return TaskStream(reader, _task_view)
 
     async def _abandoned(self, codec: Codec[Any]) -> None:
@@ -334,11 +356,14 @@ class AsyncInference:
         those tasks on the server. `batch.progress` is a live tally (`total` defaults to
         `len(configs)` when it has one).
         """
-        return AsyncBatch(
+        batch = AsyncBatch(
             self, configs, concurrency=concurrency, fail_fast=fail_fast,
             cancel_unfinished=cancel_unfinished, on_update=on_update, on_submit=on_submit,
             options=options, total=total,
         )  # fmt: skip
+        with self._leavers_lock:
+            self._leavers.add(batch)
+        return batch
 
     async def get_task(self, task_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> TaskUpdate:
         """The task's current state (its `logs` are all lines so far)."""

@@ -256,6 +256,7 @@ class AsyncBatch(AsyncIterator[TaskOutcome]):
         self._outcomes = _run(self, _items(configs))
         self._iterating: asyncio.Task[Any] | None = None  # the task in `__anext__`, if any
         self._iteration_done: asyncio.Future[None] | None = None
+        self._closing: asyncio.Future[None] | None = None  # set by the first `aclose`
 
     @property
     def progress(self) -> BatchProgress:
@@ -293,10 +294,21 @@ class AsyncBatch(AsyncIterator[TaskOutcome]):
         any task: an iteration waiting in another one ends)."""
         iterating, done = self._iterating, self._iteration_done
         current = asyncio.current_task()
-        if iterating is not None and done is not None and iterating is not current:
+        if iterating is not None and iterating is not current:
+            # Cancelled once, however many close it at once (the client's `aclose` closes
+            # its batches too): a second cancellation would escape the iteration's task.
+            self._iterating = None
             iterating.cancel(_CLOSED)  # its loop cleans up as it leaves
+        if done is not None and not done.done() and iterating is not current:
             await asyncio.shield(done)
-        await self._outcomes.aclose()
+        if self._closing is not None:  # another task is closing the loop: wait for it
+            await asyncio.shield(self._closing)
+            return
+        self._closing = asyncio.get_running_loop().create_future()
+        try:
+            await self._outcomes.aclose()
+        finally:
+            self._closing.set_result(None)
 
     async def __aenter__(self) -> Self:
         return self

@@ -304,7 +304,9 @@ class Inference:
 
         self._make_async = make
         self._async = make()
-        self._lock = threading.Lock()
+        # Reentrant: the collector may finalize an abandoned stream or batch at any allocation,
+        # in this lock's critical section too, and that closes it through `_start`.
+        self._lock = threading.RLock()
         self._portal_cm: contextlib.AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -495,7 +497,7 @@ class Inference:
     def _after_fork_in_child(self) -> None:
         # The loop thread does not exist in the child; start afresh on first use.
         _orphans.extend([self._async, self._portal, self._portal_cm])
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._portal = self._portal_cm = None
         self._loop = self._loop_thread = None
         self._running = set()
