@@ -214,12 +214,14 @@ class Chat:
             self.log = store.logs.new_log(self)
 
     def record(self) -> dict[str, Any]:
-        """What persistence keeps of this chat: its messages and its runs."""
-        return {
-            "messages": [message.record() for message in self.messages],
-            "runs": [run.record() for run in self.runs.values()],
-            "current": self.run.id if self.run is not None else None,
-        }
+        """What persistence keeps of this chat as a whole: which run is current. Each run is
+        kept apart (`run_record`), so a change writes the run it touched, not the whole chat."""
+        return {"current": self.run.id if self.run is not None else None}
+
+    @staticmethod
+    def run_record(run: Run) -> dict[str, Any]:
+        """What persistence keeps of one run: the run, its user message and its answer."""
+        return {"run": run.record(), "user": run.user.record(), "message": run.message.record()}
 
     def _reload(self, record: Record) -> None:
         """Take the messages, runs and events persisted before a restart (what can fail,
@@ -332,7 +334,7 @@ class Chat:
             self._emit("chats", self._to_dict(messages=False))
             self._emit("chat_messages", user.to_dict())
             self._emit("chat_messages", assistant.to_dict())
-            self._store.changed(self)
+            self._store.changed(self, run)
         self._hub.notify()
         return run
 
@@ -363,7 +365,7 @@ class Chat:
             run.message.tool_invocations.append(invocation)
             self._store.index(invocation, self)
             self._emit("chat_messages", run.message.to_dict())
-            self._store.changed(self)
+            self._store.changed(self, run)
         self._hub.notify()
         return invocation
 
@@ -388,7 +390,7 @@ class Chat:
             invocation.attachments = copy.deepcopy(attachments or [])
             self._hold(len(result) + len(encode_json(invocation.attachments)))
             self._emit("chat_messages", invocation.run.message.to_dict())
-            self._store.changed(self)
+            self._store.changed(self, invocation.run)
         self._hub.notify()
         if not invocation.answered.done():
             invocation.answered.set_result(None)
@@ -398,7 +400,7 @@ class Chat:
         with self._hub.lock:
             if invocation.status == "awaiting_input":
                 invocation.status = "failed"
-                self._store.changed(self)
+                self._store.changed(self, invocation.run)
 
     def finish_run(
         self, run: Run, state: RunState, *, output: str | None = None, error: str | None = None
@@ -419,7 +421,7 @@ class Chat:
             self._emit("chat_messages", message.to_dict())
             self._emit("chats", self._to_dict(messages=False))
             self._store.went_idle(self)
-            self._store.changed(self)
+            self._store.changed(self, run)
         self._hub.notify()
         return True
 
@@ -505,14 +507,15 @@ class ChatStore:
         self._busy: dict[str, Chat] = {}  # in the order their runs started
         self._invocations: dict[str, tuple[Chat, ToolInvocation]] = {}
         self.on_idle: list[Callable[[], None]] = []
-        self.on_change: Callable[[Chat], None] | None = None
+        self.on_change: Callable[[Chat, Run], None] | None = None
         self.on_forget: Callable[[str], None] | None = None
         budget.add_source(self._idle.oldest)
 
-    def changed(self, chat: Chat) -> None:
-        """A chat's messages or runs changed as a whole (persistence checkpoints it)."""
+    def changed(self, chat: Chat, run: Run) -> None:
+        """`run` of `chat` changed as a whole: started, asked for a tool, got its result,
+        ended (persistence checkpoints that run, whatever the chat's size)."""
         if self.on_change is not None:
-            self.on_change(chat)
+            self.on_change(chat, run)
 
     def reload(self, record: Record) -> Chat | None:
         """Keep a chat persisted before a restart; a run it had going fails ("worker lost").

@@ -15,7 +15,7 @@ from aiohttp import web
 from ._agents import AgentRegistry, RunRequest, launch_run, scripted
 from ._apps import AppRegistry, SimSettings
 from ._budget import MemoryBudget, Overloaded
-from ._chats import Chat, ChatError, ChatStore
+from ._chats import Chat, ChatError, ChatStore, Run
 from ._eventlog import LogEvent, encode_json
 from ._files import FileStore
 from ._hub import ChangeHub
@@ -325,17 +325,25 @@ class Emulator:
             if journal.needs_checkpoint(task.id):  # many step updates: checkpoint the state
                 journal.checkpoint_frame(task.id, task.state_frame(), event.seq, ended=None)
 
+        def checkpoint_chat(chat: Chat, runs: list[Run], seq: int, ended: bool | None) -> None:
+            """Checkpoint `runs` of `chat`, and the chat's own state: never the whole chat
+            for one change, so a long chat costs no more per message than a short one."""
+            records = [
+                (run.id, run.user.order, json.dumps(chat.run_record(run), separators=(",", ":")))
+                for run in runs
+            ]
+            state = json.dumps(chat.record(), separators=(",", ":"))
+            journal.checkpoint_runs(chat.id, records, state=state, seq=seq, ended=ended)
+
         def chat_event(chat: Chat, event: LogEvent) -> None:
             if event.seq == 1:
                 journal.created(chat.id, "chat", {"agent": chat.agent})
             journal.event(chat.id, event)
-            if journal.needs_checkpoint(chat.id):  # many text pieces: checkpoint the chat
-                state = json.dumps(chat.record(), separators=(",", ":"))
-                journal.checkpoint(chat.id, state, event.seq, ended=None)
+            if journal.needs_checkpoint(chat.id):  # many text pieces: checkpoint their run
+                checkpoint_chat(chat, [chat.run] if chat.run else [], event.seq, None)
 
-        def chat_changed(chat: Chat) -> None:
-            state = json.dumps(chat.record(), separators=(",", ":"))
-            journal.checkpoint(chat.id, state, chat.log.last_seq, ended=not chat.busy)
+        def chat_changed(chat: Chat, run: Run) -> None:
+            checkpoint_chat(chat, [run], chat.log.last_seq, not chat.busy)
 
         self.tasks.logs.on_event, self.tasks.on_forget = task_event, journal.forget
         self.chats.logs.on_event, self.chats.on_forget = chat_event, journal.forget

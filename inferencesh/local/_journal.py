@@ -46,6 +46,13 @@ CREATE TABLE IF NOT EXISTS events (
     terminal INTEGER NOT NULL,
     PRIMARY KEY (resource_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chat_runs (
+    chat_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    ord INTEGER NOT NULL,          -- the order of the run's user message in its chat
+    data TEXT NOT NULL,            -- the run, its user message and its answer
+    PRIMARY KEY (chat_id, run_id)
+) WITHOUT ROWID;
 """
 logger = logging.getLogger("inferencesh.local")
 
@@ -247,6 +254,26 @@ class Journal:
         if cursor.rowcount:  # not for a resource forgotten meanwhile
             self._since_checkpoint[resource_id] = 0
 
+    def checkpoint_runs(
+        self,
+        chat_id: str,
+        runs: list[tuple[str, int, str]],
+        *,
+        state: str,
+        seq: int,
+        ended: bool | None,
+    ) -> None:
+        """Record runs of a chat (`(run id, order of its user message, record)`) and the
+        chat's own small state as of event `seq`, in one transaction: a change costs the
+        run it touched, not the whole chat."""
+        with self._transaction() as db:
+            if db is not None:
+                db.executemany(
+                    "INSERT OR REPLACE INTO chat_runs VALUES (?, ?, ?, ?)",
+                    [(chat_id, run_id, order, data) for run_id, order, data in runs],
+                )
+                self._checkpoint(db, chat_id, state, seq, ended)
+
     def forget(self, resource_id: str) -> None:
         """Delete a resource and its events (it expired or was dropped)."""
         self._since_prune.pop(resource_id, None)
@@ -254,6 +281,7 @@ class Journal:
         with self._transaction() as db:
             if db is not None:
                 db.execute("DELETE FROM events WHERE resource_id = ?", (resource_id,))
+                db.execute("DELETE FROM chat_runs WHERE chat_id = ?", (resource_id,))
                 db.execute("DELETE FROM resources WHERE id = ?", (resource_id,))
 
     # -- reading (once, at start) ----------------------------------------------------------------
@@ -270,6 +298,10 @@ class Journal:
                     "DELETE FROM events WHERE resource_id IN "
                     "(SELECT id FROM resources WHERE state IS NULL)"
                 )
+                db.execute(
+                    "DELETE FROM chat_runs WHERE chat_id IN "
+                    "(SELECT id FROM resources WHERE state IS NULL)"
+                )
                 db.execute("DELETE FROM resources WHERE state IS NULL")
         rows = self._db.execute(
             "SELECT id, kind, meta, state, state_seq, ended_at FROM resources "
@@ -284,9 +316,43 @@ class Journal:
                     (resource_id,),
                 )
             )
-            yield Record(
-                resource_id, kind, json.loads(meta), json.loads(state), state_seq, ended_at, events
-            )
+            whole = json.loads(state)
+            if kind == "chat" and isinstance(whole, dict):
+                try:
+                    whole = self._chat_state(resource_id, whole)
+                except (KeyError, TypeError, ValueError) as exc:
+                    logger.warning("not reloading chat %s from the data folder: %r",
+                                   resource_id, exc)  # fmt: skip
+                    continue
+            yield Record(resource_id, kind, json.loads(meta), whole, state_seq, ended_at, events)
+
+    def _chat_state(self, chat_id: str, state: dict[str, Any]) -> dict[str, Any]:
+        """A chat's whole state: its own, and its runs' messages and runs in order. A state
+        written whole (by an emulator that kept no runs apart) is split first."""
+        if "runs" in state or "messages" in state:
+            by_id = {message["id"]: message for message in state.get("messages") or []}
+            rows = [
+                (chat_id, run["id"], by_id[run["user"]]["order"], json.dumps(
+                    {"run": run, "user": by_id[run["user"]], "message": by_id[run["message"]]}
+                ))
+                for run in state.get("runs") or []
+            ]  # fmt: skip
+            state = {"current": state.get("current")}
+            with self._transaction() as db:
+                if db is not None:
+                    db.executemany("INSERT OR REPLACE INTO chat_runs VALUES (?, ?, ?, ?)", rows)
+                    db.execute(
+                        "UPDATE resources SET state = ? WHERE id = ?", (json.dumps(state), chat_id)
+                    )
+        messages: list[Any] = []
+        runs: list[Any] = []
+        for (data,) in self._db.execute(
+            "SELECT data FROM chat_runs WHERE chat_id = ? ORDER BY ord", (chat_id,)
+        ).fetchall():
+            part = json.loads(data)
+            messages += [part["user"], part["message"]]
+            runs.append(part["run"])
+        return {**state, "messages": messages, "runs": runs}
 
 
 def _task_state(frame: Frame) -> str:
