@@ -472,3 +472,19 @@ async def serving(handler: Handler) -> AsyncIterator[HostileServer]:
     """`async with serving(handler) as server:` (the same as `async with HostileServer(...)`)."""
     async with HostileServer(handler) as server:
         yield server
+
+
+async def error_of(call: Callable[[], Awaitable[Any]], *, within: float = 20.0) -> BaseException:
+    """The exception `call()` raises: it must raise one from the SDK's tree, within `within`
+    seconds."""
+    from inferencesh import InferenceshError
+
+    async with asyncio.timeout(within):
+        try:
+            await call()
+        except Exception as exc:
+            error = exc
+        else:
+            raise AssertionError("no exception")
+    assert isinstance(error, InferenceshError), f"not from the SDK's tree: {error!r}"
+    return error

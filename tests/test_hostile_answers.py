@@ -12,16 +12,14 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import anyio
 import pytest
-from hostile import Exchange, HostileServer, serving
+from hostile import Exchange, HostileServer, error_of, serving
 
 import inferencesh
 from inferencesh import (
     APIStatusError,
     AsyncInference,
     EventTooLargeError,
-    InferenceshError,
     ProtocolError,
     RetryPolicy,
     StreamingOptions,
@@ -65,19 +63,6 @@ async def connected(
         inferencesh.async_inference(api_key=KEY, base_url=server.url, **kw) as client,
     ):
         yield server, client
-
-
-async def error_of(call: Callable[[], Awaitable[Any]]) -> BaseException:
-    """The exception `call()` raises (it must raise one from the SDK's tree, within 20 s)."""
-    with anyio.fail_after(20):
-        try:
-            await call()
-        except Exception as exc:
-            error = exc
-        else:
-            raise AssertionError("no exception")
-    assert isinstance(error, InferenceshError), f"not from the SDK's tree: {error!r}"
-    return error
 
 
 def texts_of(error: BaseException) -> list[str]:
