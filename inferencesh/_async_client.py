@@ -24,6 +24,7 @@ from ._defaults import (
     Timeout,
     call_timeout,
     check_callback,
+    count,
     path_id,
     seconds,
     shown_arg,
@@ -131,15 +132,7 @@ class AsyncInference:
         self._options = stream_options(streaming_options, StreamingOptions(), "streaming_options")
         if not isinstance(retry, RetryPolicy):
             raise UsageError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
-        if max_connections is not None and (
-            isinstance(max_connections, bool)
-            or not isinstance(max_connections, int)
-            or max_connections < 1
-        ):
-            raise UsageError(
-                "max_connections must be an integer >= 1, or None (no limit), "
-                f"got {shown_arg(max_connections)}"
-            )
+        count(max_connections, "max_connections (None: no limit)", least=1, optional=True)
         check_callback(on_messages, "on_messages")
         self._transport = Transport(
             base_url=_resolve_base_url(base_url),

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 
-from ._defaults import check_callback, shown_arg
+from ._defaults import check_callback, count
 from ._events import TaskUpdate
 from ._exceptions import InferenceshError, TaskError, UsageError
 from ._status import TaskStatus
@@ -230,16 +230,12 @@ class AsyncBatch(AsyncIterator[TaskOutcome]):
         options: StreamingOptions | None,
         total: int | None,
     ) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise UsageError(f"concurrency must be an integer >= 1, got {shown_arg(concurrency)}")
+        count(concurrency, "concurrency", least=1)
         if isinstance(configs, Mapping | str | bytes):
             raise UsageError("run_many takes an iterable of configs, not a single config")
         if not isinstance(configs, Iterable):
             raise UsageError(f"run_many takes an iterable of configs, got {type(configs).__name__}")
-        if total is not None and (
-            isinstance(total, bool) or not isinstance(total, int) or total < 0
-        ):
-            raise UsageError(f"total must be an integer >= 0 or None, got {shown_arg(total)}")
+        count(total, "total", least=0, optional=True)
         check_callback(on_update, "on_update")
         check_callback(on_submit, "on_submit")
         options = stream_options(options, client.streaming_options)

@@ -25,6 +25,7 @@ __all__ = [
     "UseClientDefault",
     "call_timeout",
     "check_callback",
+    "count",
     "finite",
     "path_id",
     "seconds",
@@ -88,6 +89,16 @@ def seconds(value: Any, name: str) -> float | None:
             f"got {shown_arg(value)}"
         )
     return number
+
+
+def count(value: Any, name: str, *, least: int, optional: bool = False) -> None:
+    """A count argument `name` must be an integer (not a bool) of at least `least`, or, when
+    `optional`, None."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        none = ", or None" if optional else ""
+        raise UsageError(f"{name} must be an integer >= {least}{none}, got {shown_arg(value)}")
 
 
 def check_callback(value: Any, name: str) -> None:

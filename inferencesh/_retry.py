@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from ._defaults import finite, shown_arg
+from ._defaults import count, finite, shown_arg
 from ._exceptions import APIStatusError, ConnectError, TransportError, UsageError
 
 __all__ = [
@@ -51,8 +51,7 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
 
 
 def _count(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UsageError(f"{attribute.name} must be an integer >= 0, got {shown_arg(value)}")
+    count(value, attribute.name, least=0)
 
 
 @attrs.frozen(kw_only=True)

@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 from ._connection import ConnectionEvent
-from ._defaults import USE_CLIENT_DEFAULT, Timeout, call_timeout, check_callback, shown_arg
+from ._defaults import USE_CLIENT_DEFAULT, Timeout, call_timeout, check_callback, count
 from ._exceptions import UsageError
 from ._retry import RetryPolicy, _positive
 
@@ -31,8 +31,7 @@ def _callback_repr(value: object) -> str:
 
 
 def _size(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"{attribute.name} must be an integer >= 1, got {shown_arg(value)}")
+    count(value, attribute.name, least=1)
 
 
 @attrs.frozen(kw_only=True)
