@@ -7,6 +7,10 @@ that reads task streams, and `ChatView` turns them into what a caller wants to s
 each once), and finally the finished assistant `ChatMessage`. A snapshot after a reconnect
 yields only the text that had not been delivered yet. `AsyncAgent.send_message` is the one
 loop that hands events to callbacks; the blocking `Agent` runs it too.
+
+What the caller is given is append-only: a piece of text, once delivered, is never taken back
+or delivered again, and the final message's `text` (and `reasoning`) is exactly the
+concatenation of the pieces delivered. The rules that keep it so are `ChatView`'s.
 """
 
 from __future__ import annotations
@@ -171,6 +175,10 @@ class _MessageState:
     reasoning: str = ""
     snapshot: Mapping[str, Any] = attrs.field(factory=dict)
     order: int = 0
+    # The deltas applied by their `seq`, and the highest seq, while the message's seqs read
+    # as positions (`ChatView._replayed`); None once they do not.
+    seqs: dict[int, Mapping[str, Any]] | None = attrs.field(factory=dict)
+    top_seq: int = -1
 
 
 _CHAT, _MESSAGE, _DELTA = 0, 1, 2
@@ -214,20 +222,51 @@ class ChatCodec:
             return ChatEvent(_MESSAGE, True, False, data)
         if event == "chats":
             run = data.get("active_run")
-            state = run.get("state") if isinstance(run, Mapping) else None
+            if run is not None and not isinstance(run, Mapping):
+                raise ProtocolError(
+                    f"a chats event of {self.label} has an active_run of {preview(run)}"
+                )
+            state = None if run is None else run.get("state")
+            if state is not None and not isinstance(state, str):
+                raise ProtocolError(
+                    f"a chats event of {self.label} has a run state of {preview(state)}"
+                )
             return ChatEvent(_CHAT, True, state not in _RUNNING_STATES, data)
         return None
 
 
 class ChatView:
-    """What the caller of one `send_message` has been given, across reconnects."""
+    """What the caller of one `send_message` has been given, across reconnects.
+
+    The reader drops events it has already handed on when the server numbers its events; a
+    stream without ids (NDJSON, the hosted API) comes as it is sent, and these rules keep the
+    caller's view append-only whatever the server replays:
+
+    * A delta's `seq` is its position among the message's deltas: the very delta already
+      applied under its seq is a replay and dropped. Another delta under a seq already applied,
+      or under a new seq below the highest (a server that numbers each connection's deltas
+      afresh), means the server's seqs are not positions: from then on that message's deltas
+      are taken as they come, as deltas without a seq are.
+    * A `chat_messages` snapshot hands out only the text beyond what was delivered, when its
+      text extends it. A snapshot that holds less (it lags the deltas) adds nothing. A snapshot
+      that contradicts what was delivered (the server corrected its text) cannot take back
+      what the caller has: it adds nothing, later pieces are added to what was delivered, and
+      the final message's `text` stays the streamed text (the server's is in its `raw`).
+      Without ids, a snapshot is taken as of the live position: the deltas after it are new.
+    * A client tool call awaiting input is dispatched once per invocation id. The same call
+      seen again (after a reconnect, in another snapshot or message, or when the server still
+      shows it awaiting input) is not dispatched again. A different call (another name or
+      arguments) under an id already dispatched cannot be answered (`/tools/{id}` takes one
+      result) and is a `ProtocolError`, as is a call awaiting input without a usable id.
+    * A final `chats` event ends the run where it arrives: a delta sent after it is not read.
+    """
 
     def __init__(self, codec: ChatCodec) -> None:
         self.chat_id = codec.chat_id
         self._user_order = codec.user_order
         self._assistant_id = codec.assistant_id
         self._messages: dict[str, _MessageState] = {}
-        self._dispatched: set[str] = set()
+        self._dispatched: dict[str, ToolCall] = {}
 
     def apply(self, event: ChatEvent) -> list[AgentEvent]:
         """The items `event` adds to what the caller was given."""
@@ -261,6 +300,8 @@ class ChatView:
         if message_id != self._assistant_id and message_id not in self._messages:
             return []
         state = self._state(message_id)
+        if self._replayed(state, data.get("seq"), delta):
+            return []
         events: list[AgentEvent] = []
         for kind, key in (("thinking", "reasoning"), ("text", "response")):
             piece = delta.get(key)
@@ -268,6 +309,21 @@ class ChatView:
                 setattr(state, key, getattr(state, key) + piece)
                 events.append(MessageEvent(kind, piece, message_id, data))  # type: ignore[arg-type]
         return events
+
+    @staticmethod
+    def _replayed(state: _MessageState, seq: Any, delta: Mapping[str, Any]) -> bool:
+        """Whether a delta under `seq` was applied already (the class's first rule)."""
+        seqs = state.seqs
+        if type(seq) is not int or seqs is None:
+            return False
+        if seqs.get(seq) == delta:
+            return True
+        if seq in seqs or seq < state.top_seq:
+            state.seqs = None  # another delta under a seq passed: seqs are not positions
+            return False
+        seqs[seq] = delta
+        state.top_seq = seq
+        return False
 
     def _message(self, message: Mapping[str, Any]) -> list[AgentEvent]:
         message_id = message.get("id")
@@ -287,12 +343,18 @@ class ChatView:
                 piece = full[len(delivered) :]
                 events.append(MessageEvent(kind, piece, message_id, message))  # type: ignore[arg-type]
         for call in _tool_calls(message, message_id):
-            pending = (
-                call.raw.get("type") == "client" and call.raw.get("status") == "awaiting_input"
-            )
-            if pending and call.id not in self._dispatched:
-                self._dispatched.add(call.id)
+            if not _awaits_client(call.raw):
+                continue
+            seen = self._dispatched.get(call.id)
+            if seen is None:
+                self._dispatched[call.id] = call
                 events.append(call)
+            elif (seen.name, seen.args) != (call.name, call.args):
+                raise ProtocolError(
+                    f"chat {self.chat_id} asked for two different tool calls under one id, "
+                    f"{preview(call.id)}: {preview(seen.name)} and then {preview(call.name)} "
+                    f"(arguments {preview(seen.args)}, then {preview(call.args)})"
+                )
         return events
 
     def _final(self, chat: Mapping[str, Any]) -> ChatMessage:
@@ -332,11 +394,24 @@ def _content_text(message: Mapping[str, Any]) -> tuple[str, str]:
     return "".join(reasoning), "".join(text)
 
 
+def _awaits_client(invocation: Mapping[str, Any]) -> bool:
+    """Whether a tool invocation is a client tool call waiting for this client's result."""
+    return invocation.get("type") == "client" and invocation.get("status") == "awaiting_input"
+
+
 def _tool_calls(message: Mapping[str, Any], message_id: str) -> list[ToolCall]:
     calls = []
     invocations = message.get("tool_invocations")
     for inv in invocations if isinstance(invocations, list) else []:
-        if not isinstance(inv, Mapping) or not isinstance(inv.get("id"), str):
+        if not isinstance(inv, Mapping):
+            continue
+        if _awaits_client(inv) and not usable_id(inv.get("id")):
+            # It could never be answered: the run would wait for its result forever.
+            raise ProtocolError(
+                f"message {preview(message_id)} awaits a client tool call with no usable id: "
+                f"{preview(inv.get('id'))}"
+            )
+        if not isinstance(inv.get("id"), str):
             continue
         found = inv.get("function")
         function: Mapping[str, Any] = found if isinstance(found, Mapping) else {}

@@ -10,6 +10,7 @@ under `TYPE_CHECKING` below: they only describe the one implementation in `Mappi
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterator, Mapping
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -114,7 +115,10 @@ class Progress(MappingReads):
 
     @property
     def fraction(self) -> float | None:
-        """`current / total` clamped to [0, 1], or None when the total is not positive."""
+        """`current / total` clamped to [0, 1], or None when the total is not positive or
+        either is not a finite number (a NaN or an infinity a caller's `Progress` holds)."""
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (self.current, self.total)):
+            return None
         if not self.total > 0:
             return None
         if self.current <= 0:

@@ -3,7 +3,8 @@
 - `neutralise(text)` makes text from the server (log lines, statuses, errors, outputs, agent
   text, tool names, ids) inert before it reaches a terminal: every C0 control character but
   newline and tab, DEL, and every C1 control character (U+0080-U+009F, the 8-bit CSI U+009B
-  among them) becomes the four visible characters of its `\\xNN` escape. An escape sequence
+  among them) becomes the four visible characters of its `\\xNN` escape (a lone surrogate,
+  which JSON can carry and no encoding can write, its `\\udNNN` escape). An escape sequence
   (`ESC[2J` clears the screen, `ESC]0;...BEL` retitles the window), a carriage return that
   would overwrite a line with fake text, and a bell are then shown for what they are instead
   of acting. The escape is plain ASCII, so it survives any output encoding, and it names the
@@ -37,6 +38,7 @@ from typing import Any, TextIO
 __all__ = [
     "OUTPUT_CLOSED",
     "OutputClosed",
+    "encodable",
     "json_line",
     "json_text",
     "neutralise",
@@ -51,10 +53,11 @@ __all__ = [
 # that SIGPIPE ended (written out: Windows has no SIGPIPE).
 OUTPUT_CLOSED = 141
 
-# C0 controls but tab (09) and newline (0A), DEL, and the C1 controls.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# C0 controls but tab (09) and newline (0A), DEL, the C1 controls, and the lone surrogates
+# (U+D800-U+DFFF: JSON's `"\ud800"` decodes to one, which no encoding can write).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 # The same and newline, and the Unicode line and paragraph separators: what breaks a line.
-_LINE_BREAK = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_LINE_BREAK = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 # What `json.dumps` leaves unescaped of those: DEL, C1 and the separators (it escapes C0).
 _JSON_CONTROL = re.compile("[\x7f-\x9f\u2028\u2029]")
 
@@ -85,6 +88,16 @@ def one_line(text: str) -> str:
     if _LINE_BREAK.search(text) is None:
         return text
     return _LINE_BREAK.sub(_escape, text)
+
+
+def encodable(text: str, encoding: str) -> str:
+    """`text` with what `encoding` cannot write (a CJK log line on cp1252, any non-ASCII text
+    on ascii) as its `\\uNNNN` escape (`\\xNN`, `\\UNNNNNNNN`), so that writing it cannot
+    raise `UnicodeEncodeError`; unchanged on UTF-8 (an unknown encoding counts as one)."""
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:
+        return text
 
 
 def json_text(value: Any, *, indent: int | None = None) -> str:

@@ -23,19 +23,22 @@ display starts, so importing this module never needs it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import math
 import sys
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
+from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Self
 
 from ._connection import ConnectionEvent
 from ._events import Progress, TaskUpdate
 from ._exceptions import UsageError
 from ._notebook import NotebookRegion, in_notebook
 from ._status import TaskStatus
-from ._terminal import one_line
+from ._terminal import encodable, one_line
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
@@ -135,6 +138,8 @@ def _display_for(console: Console | None, transient: bool) -> Display:
         shown = console
 
         def write(line: str) -> None:
+            # Escaped as `\\uNNNN` where the output's encoding (cp1252, ascii) cannot write it.
+            line = encodable(line, shown.encoding)
             shown.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
         return PlainDisplay(write)
@@ -160,8 +165,13 @@ def reconnect_text(event: ConnectionEvent) -> str:
 
 
 def format_number(value: float) -> str:
-    """`3` for 3.0, `2.5` for 2.5: progress counts as people write them."""
-    return f"{value:g}"
+    """`3` for 3.0, `2.5` for 2.5: progress counts as people write them (an int past the
+    range of a float, which a server may send, as `1e+400`)."""
+    try:
+        return f"{value:g}"
+    except OverflowError:  # an int too large for a float: six digits, as `g` writes them
+        mantissa, _, exponent = f"{Decimal(value):.6e}".partition("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
 
 
 def compact_json(value: Any, limit: int = _PARTIAL_CHARS) -> str:
@@ -173,8 +183,41 @@ def compact_json(value: Any, limit: int = _PARTIAL_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _known(progress: Progress | None) -> Progress | None:
-    return progress if progress is not None and progress.fraction is not None else None
+class Step(NamedTuple):
+    """A task's progress as every display draws it: `fraction` is a finite number from 0 to 1
+    (what the bar, the percentage and the ETA use), `current` and `total` the counts the
+    server sent, as text."""
+
+    fraction: float
+    current: str
+    total: str
+
+    @property
+    def percent(self) -> str:
+        """`42%`: the fraction as a whole percentage, never past 100 nor below 0."""
+        return f"{self.fraction * 100:.0f}%"
+
+
+def progress_step(progress: Progress | None) -> Step | None:
+    """`progress` as the displays draw it, or None when it says nothing about how far the
+    task is (no progress, a total that is not positive, a NaN a caller's `Progress` holds).
+
+    The one rule for every display: whatever the numbers (negative, past the total, 1e308,
+    ints of hundreds of digits), the fraction stays within [0, 1] and the counts format."""
+    if progress is None:
+        return None
+    fraction = progress.fraction
+    if fraction is None:
+        return None
+    return Step(fraction, format_number(progress.current), format_number(progress.total))
+
+
+def _as_float(value: float) -> float:
+    """`float(value)`, or an infinity of its sign for an int past the range of a float."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 # -- plain lines --------------------------------------------------------------------------------
@@ -192,7 +235,7 @@ class PlainDisplay:
         self._write = write
         self._task_id: str | None = None
         self._status: TaskStatus | None = None
-        self._step: tuple[float, float] | None = None
+        self._step: Step | None = None
 
     def __enter__(self) -> Self:
         return self
@@ -212,16 +255,10 @@ class PlainDisplay:
             self._write(f"task: {one_line(update.id)}")
         for line in update.logs:
             self._write(f"log: {one_line(line)}")
-        progress = _known(update.progress)
-        if progress is not None:
-            step = (progress.current, progress.total)
-            if step != self._step:
-                self._step = step
-                percent = (progress.fraction or 0.0) * 100
-                self._write(
-                    f"progress: {format_number(progress.current)}/"
-                    f"{format_number(progress.total)} ({percent:.0f}%)"
-                )
+        step = progress_step(update.progress)
+        if step is not None and step != self._step:
+            self._step = step
+            self._write(f"progress: {step.current}/{step.total} ({step.percent})")
         # A partial update may carry no status; it does not send the task back to "unknown".
         if update.status is not TaskStatus.UNKNOWN and update.status is not self._status:
             self._status = update.status
@@ -265,7 +302,8 @@ def _columns() -> list[Any]:
             if outcome is not None:
                 mark, style = outcome
                 return Text(mark, style=style)
-            return super().render(task)
+            # Spinning while the task runs, even with all its steps done (still uploading).
+            return self.spinner.render(task.get_time())
 
     class StatusColumn(ProgressColumn):
         """The task's current status (and the error once it has failed)."""
@@ -275,23 +313,30 @@ def _columns() -> list[Any]:
             style = outcome[1] if outcome is not None else "bold"
             return Text(str(task.fields.get("status", "")), style=style)
 
+    # The bar's task counts in fractions of the whole (`progress_step`), its total 1: the
+    # counts the server sent are in the `step` field, and its total in `scale`.
+
     class StepsColumn(ProgressColumn):
         """`current/total` steps, when the task reports them."""
 
         def render(self, task: Task) -> Text:
-            if task.total is None or not task.fields.get("steps", False):
+            step: Step | None = task.fields.get("step")
+            if step is None:
                 return Text("")
-            done = f"{format_number(task.completed)}/{format_number(task.total)}"
-            return Text(done, style="progress.download")
+            return Text(f"{step.current}/{step.total}", style="progress.download")
 
     class RateColumn(ProgressColumn):
         """Steps per second, from rich's moving estimate."""
 
         def render(self, task: Task) -> Text:
             speed = task.speed
-            if task.total is None or speed is None or task.fields.get("outcome") is not None:
+            if speed is None or task.fields.get("outcome") is not None:
                 return Text("")
-            return Text(f"{speed:.2f} steps/s", style="progress.data.speed")
+            rate = speed * task.fields.get("scale", math.nan)
+            if not math.isfinite(rate):
+                return Text("")
+            shown = f"{rate:.2f}" if abs(rate) < 1e6 else format_number(rate)
+            return Text(f"{shown} steps/s", style="progress.data.speed")
 
     class TimeColumn(ProgressColumn):
         """The ETA while the task runs; how long it took once it has ended."""
@@ -302,11 +347,7 @@ def _columns() -> list[Any]:
             took = task.fields.get("took")
             if took is not None:
                 return Text(f"in {took:.1f}s", style="progress.elapsed")
-            remaining = task.time_remaining
-            if task.total is None or remaining is None:
-                return Text("")
-            minutes, seconds = divmod(int(remaining + 0.5), 60)
-            return Text(f"eta {minutes}:{seconds:02d}", style="progress.remaining")
+            return Text(_eta(task), style="progress.remaining")
 
     return [
         OutcomeColumn(),
@@ -317,6 +358,34 @@ def _columns() -> list[Any]:
         RateColumn(),
         TimeColumn(),
     ]
+
+
+def _eta(task: Any) -> str:
+    """`eta 1:05` for the bar's rich task (counted in fractions of the whole): the part left
+    at rich's moving rate, counted down since the last step; nothing when unknown, or when the
+    time since the last step has overtaken the estimate (a task that stopped reporting)."""
+    speed = task.speed
+    moved = task.fields.get("moved")
+    if task.fields.get("step") is None or moved is None or not speed or speed <= 0:
+        return ""
+    remaining = (1 - task.completed) / speed - (task.get_time() - moved)
+    return f"eta {_clock(remaining)}" if remaining >= 0 else ""
+
+
+def _live_printing(
+    flush: Callable[[], None], renderable: RenderableType, *, console: Console, transient: bool
+) -> Live:
+    """A rich `Live` refreshed ten times a second that calls `flush` (to print what waits above
+    it) before each refresh, its last included."""
+    from rich.live import Live
+
+    class PrintingLive(Live):
+        def refresh(self) -> None:
+            with self._lock:
+                flush()
+                super().refresh()
+
+    return PrintingLive(renderable, console=console, transient=transient, refresh_per_second=10)
 
 
 class _Margin:
@@ -350,19 +419,22 @@ class LiveDisplay:
 
     def __init__(self, console: Console, *, transient: bool = False) -> None:
         from rich.console import Group
-        from rich.live import Live
         from rich.progress import Progress as RichProgress
 
         self._console = console
         self._bar: RichProgress = RichProgress(*_columns(), console=console)
         self._row: TaskID = self._bar.add_task("", total=None, status="starting")
         self._partial = _PartialLine()
-        self._live: Live = Live(
+        # Log lines wait here for the next refresh, which prints them all at once: rich redraws
+        # the bar after each print, so a print per line would redraw it once per line.
+        self._lines: collections.deque[RenderableType] = collections.deque()
+        self._live: Live = _live_printing(
+            self._flush,
             _Margin(Group(self._bar, self._partial)),
             console=console,
             transient=transient,
-            refresh_per_second=10,
         )
+        self._scale: float | None = None  # the total of the steps, as the bar last counted them
         self._task_id: str | None = None
         self._status = "starting"  # the task's, as last shown (a reconnect shows over it)
         self._started = time.monotonic()
@@ -383,7 +455,23 @@ class LiveDisplay:
                 self.conclude("interrupted")
             else:
                 self.conclude("stopped by an error", TaskStatus.FAILED)
-        self._live.stop()  # draws the last frame, once
+        self._live.stop()  # prints the lines still waiting, then draws the last frame, once
+        self._flush()  # (never started: the lines alone)
+
+    def _flush(self) -> None:
+        """Print the log lines waiting, in one print (one redraw of the bar below them)."""
+        from rich.console import Group
+
+        lines: list[RenderableType] = []
+        while self._lines:
+            lines.append(self._lines.popleft())
+        if lines:
+            self._console.print(Group(*lines), soft_wrap=True)
+
+    def _print(self, line: RenderableType) -> None:
+        self._lines.append(line)
+        if not self._live.is_started:  # no refresh to print it: now, then
+            self._flush()
 
     def conclude(self, message: str, status: TaskStatus | None = None) -> None:
         """End the display before the task ended: `message` takes the status's place (e.g.
@@ -421,15 +509,16 @@ class LiveDisplay:
 
         if update.id != self._task_id:
             self._task_id = update.id
-            self._console.print(Text(f"task {one_line(update.id)}", style="dim"))
+            self._print(Text(f"task {one_line(update.id)}", style="dim"))
         for line in update.logs:
-            self._console.print(Text(one_line(line)), soft_wrap=True)
+            self._print(Text(one_line(line)))
         if update.status is not TaskStatus.UNKNOWN:
             self._status = status_text(update)
         fields: dict[str, Any] = {"status": self._status}  # also ends a "reconnecting"
-        progress = _known(update.progress)
-        if progress is not None:
-            fields.update(total=progress.total, completed=progress.current, steps=True)
+        step = progress_step(update.progress)
+        if step is not None and update.progress is not None:
+            self._count(step, _as_float(update.progress.total))
+            fields["step"] = step
         if update.partial_output is not None:
             self._partial.text = compact_json(update.partial_output)
         if update.status.is_terminal:
@@ -438,14 +527,27 @@ class LiveDisplay:
             fields["outcome"] = _OUTCOME_STYLES.get(update.status, _STOPPED)
             fields["took"] = time.monotonic() - self._started
             if update.status is TaskStatus.COMPLETED:
-                total = self._bar.tasks[0].total
-                if total is None:  # no progress was reported: a finished task is 100 % done
-                    fields.update(total=1, completed=1)
-                else:
-                    fields["completed"] = total
+                # 100 % done, and all its steps when it reported some.
+                fields.update(total=1, completed=1)
+                shown: Step | None = self._bar.tasks[0].fields.get("step")
+                if step is None and shown is not None:
+                    step = shown
+                if step is not None:
+                    fields["step"] = Step(1.0, step.total, step.total)
         # Drawn by the live display's own refresh (10 per second), not once per update: a
         # chatty task must not pay for a redraw per line.
         self._bar.update(self._row, **fields)
+
+    def _count(self, step: Step, scale: float) -> None:
+        """Move the bar to `step`. A new total, or a step back from the end, starts the rate and
+        the ETA afresh (rich would keep its old rate, and a task it saw done as done)."""
+        task = self._bar.tasks[0]
+        if scale != self._scale or (task.finished and step.fraction < 1):
+            self._bar.reset(self._row, total=1.0, completed=0)
+            self._scale = scale
+        if step.fraction > task.completed or task.fields.get("moved") is None:
+            self._bar.update(self._row, moved=self._bar.get_time(), scale=scale)
+        self._bar.update(self._row, completed=step.fraction)
 
 
 # -- in a Jupyter notebook -------------------------------------------------------------------------
@@ -529,10 +631,17 @@ _COUNT_ORDER = {
 }
 
 
+# Past this many seconds an estimate says only that it is long.
+_LONG = 100 * 3600 - 1
+
+
 def _clock(seconds: float) -> str:
-    minutes, seconds = divmod(int(seconds + 0.5), 60)
+    """`1:05`, `2:03:04`; `>99:59:59` for more (or an infinity)."""
+    if not seconds < _LONG:
+        return ">99:59:59"
+    minutes, whole = divmod(int(max(0.0, seconds) + 0.5), 60)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+    return f"{hours}:{minutes:02d}:{whole:02d}" if hours else f"{minutes}:{whole:02d}"
 
 
 class BatchDisplay:
@@ -625,10 +734,12 @@ class BatchDisplay:
         else:
             cells.append(self._spinner)
         cells.append(Text("batch", style="bold"))
-        cells.append(ProgressBar(total=total or None, completed=finished, width=32))
-        if total:
-            cells.append(Text(f"{100 * finished / total:3.0f}%", style="progress.percentage"))
-            cells.append(Text(f"{finished}/{total}", style="progress.download"))
+        step = progress_step(Progress(finished, total)) if total else None
+        fraction = step.fraction if step is not None else 0
+        cells.append(ProgressBar(total=1 if step else None, completed=fraction, width=32))
+        if step is not None:
+            cells.append(Text(f"{step.percent:>4}", style="progress.percentage"))
+            cells.append(Text(f"{step.current}/{step.total}", style="progress.download"))
         else:
             cells.append(Text(f"{finished} done", style="progress.download"))
         if progress is not None:

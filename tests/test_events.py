@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -174,10 +175,17 @@ def test_progress_missing_key_raises_keyerror() -> None:
 
 @pytest.mark.parametrize(
     ("current", "total", "expected"),
-    [(1, 4, 0.25), (0, 4, 0.0), (5, 4, 1.0), (-1, 4, 0.0), (1, 0, None), (1, -2, None)],
-)
+    [
+        (1, 4, 0.25), (0, 4, 0.0), (5, 4, 1.0), (-1, 4, 0.0), (1, 0, None), (1, -2, None),
+        # What a caller's own Progress may hold (JSON cannot): unknown, never a raw error
+        # (a huge int against an infinity or a NaN raised OverflowError or ValueError).
+        (math.nan, 10, None), (5, math.nan, None), (10**400, math.inf, None),
+        (math.inf, 10**400, None), (-math.inf, 10, None), (10**400, 10**401, 0.1),
+    ],
+)  # fmt: skip
 def test_progress_fraction(current: float, total: float, expected: float | None) -> None:
-    """`fraction` is current/total clamped to [0, 1], None when total is not positive."""
+    """`fraction` is current/total clamped to [0, 1], None when total is not positive or
+    either is not finite."""
     assert expected == Progress(current=current, total=total).fraction
 
 

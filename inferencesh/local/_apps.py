@@ -123,8 +123,12 @@ class AppContext:
         for name, value in (("current", current), ("total", total)):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError(f"progress {name} must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise ValueError(f"progress {name} must be finite, got {value!r}")
+            try:  # an int past the range of a float is no number a client reads (JSON)
+                finite = math.isfinite(value)
+            except OverflowError:
+                finite = False
+            if not finite:
+                raise ValueError(f"progress {name} must be finite, got {value!r:.40}")
         self._sink.set_progress(current, total)
 
     def partial(self, output: Any) -> None:
