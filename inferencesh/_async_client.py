@@ -181,13 +181,20 @@ class AsyncInference:
     ) -> None:
         await self.aclose()
 
+    def _open_leavers(self) -> list[AsyncBatch | StreamReader[Any]]:
+        """The batches and `cancel_on_close` streams `aclose` will close, held: a caller that
+        closes from another thread keeps them alive until then (their own threads may drop
+        them as soon as they see the client closing)."""
+        with self._leavers_lock:
+            return list(self._leavers)
+
     async def aclose(self) -> None:
         """Close the connection pool. The client cannot be used afterwards. Batches and
         `cancel_on_close` streams still open are closed first (their unfinished tasks are
         cancelled on the server, as leaving them early does)."""
         if not self._transport.closed:
+            leavers = self._open_leavers()
             with self._leavers_lock:
-                leavers = list(self._leavers)
                 self._leavers.clear()
             for failure in await asyncio.gather(
                 *(leaver.aclose() for leaver in leavers), return_exceptions=True

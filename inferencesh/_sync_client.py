@@ -453,6 +453,10 @@ class Inference:
         with self._lock:
             if self._closed:
                 return
+            # Held before anyone can see the client closed: a thread iterating a batch or a
+            # `cancel_on_close` stream then stops and drops it, and `aclose` must still find
+            # it to cancel its tasks.
+            held = self._async._open_leavers()
             self._closed = True
             portal, cm = self._portal, self._portal_cm
             self._portal = self._portal_cm = None
@@ -468,6 +472,7 @@ class Inference:
             portal.call(portal.stop, True)
         finally:
             cm.__exit__(None, None, None)
+            del held
 
     async def _cancel_running(self) -> None:
         """On the loop: cancel the work started by `_start` and wait until it has ended, for
