@@ -21,11 +21,10 @@ import logging
 import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
-from urllib.parse import quote
 
 import attrs
 
-from ._defaults import USE_CLIENT_DEFAULT, Timeout, check_callback, path_id, shown_arg
+from ._defaults import USE_CLIENT_DEFAULT, Timeout, check_callback, path_id, path_segment, shown_arg
 from ._events import MappingReads
 from ._exceptions import (
     AgentError,
@@ -58,8 +57,6 @@ logger = logging.getLogger("inferencesh.agent")
 
 # Run states during which the agent is still at work (protocol.md 5.2).
 _RUNNING_STATES = frozenset({"submitted", "working", "input_required", "auth_required"})
-# Seconds the stop after a failure may take when the client's REST calls have no limit.
-_STOP_BOUND = 30.0
 
 
 @attrs.frozen
@@ -201,7 +198,7 @@ class ChatCodec:
 
     def __init__(self, chat_id: str, *, user_order: int | None, assistant_id: str) -> None:
         self.chat_id = chat_id
-        self.path = f"/chats/{quote(chat_id, safe='')}/stream"
+        self.path = f"/chats/{path_segment(chat_id)}/stream"
         self.label = f"chat {chat_id}"
         self.user_order = user_order
         self.assistant_id = assistant_id
@@ -610,10 +607,9 @@ class AsyncAgent:
         """Stop the run after `failure` ended `send_message`. `failure` stays the error the
         caller gets; what became of the run is noted on it, one line (the server's text
         escaped and cut short): stopped, or why it could not be (also logged)."""
-        bound = self._transport.timeout
         chat = preview(self._chat_id)
         try:
-            await self.stop(timeout=_STOP_BOUND if bound is None else bound)
+            await self.stop(timeout=self._transport.cleanup_timeout)
         except Exception as exc:
             note = (
                 f"could not stop the agent run in chat {chat}: "
@@ -647,7 +643,7 @@ class AsyncAgent:
         """Stop the agent's current run in this chat."""
         if self._chat_id is None:
             raise UsageError("this agent has no chat yet: send a message first")
-        path = f"/chats/{quote(self._chat_id, safe='')}/stop"
+        path = f"/chats/{path_segment(self._chat_id)}/stop"
         await self._transport.request("POST", path, idempotent=True, timeout=timeout)
 
 

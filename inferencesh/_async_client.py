@@ -132,7 +132,7 @@ class AsyncInference:
         self._options = stream_options(streaming_options, StreamingOptions(), "streaming_options")
         if not isinstance(retry, RetryPolicy):
             raise UsageError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
-        count(max_connections, "max_connections (None: no limit)", least=1, optional=True)
+        count(max_connections, "max_connections", least=1, optional=True)
         check_callback(on_messages, "on_messages")
         self._transport = Transport(
             base_url=_resolve_base_url(base_url),
@@ -170,6 +170,11 @@ class AsyncInference:
         """Seconds a REST call may take, its retries included (None: no limit)."""
         return self._transport.timeout
 
+    @property
+    def _cleanup_timeout(self) -> float:
+        """Seconds clean-up work may take (see `Transport.cleanup_timeout`)."""
+        return self._transport.cleanup_timeout
+
     async def __aenter__(self) -> Self:
         return self
 
@@ -193,8 +198,8 @@ class AsyncInference:
         `cancel_on_close` streams still open are closed first (their unfinished tasks are
         cancelled on the server, as leaving them early does)."""
         if not self._transport.closed:
-            leavers = self._open_leavers()
             with self._leavers_lock:
+                leavers = list(self._leavers)
                 self._leavers.clear()
             for failure in await asyncio.gather(
                 *(leaver.aclose() for leaver in leavers), return_exceptions=True
@@ -367,13 +372,13 @@ class AsyncInference:
 
     async def get_task(self, task_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> TaskUpdate:
         """The task's current state (its `logs` are all lines so far)."""
-        path = f"/tasks/{_quote_id(task_id)}"
+        path = f"/tasks/{path_id(task_id, 'task_id')}"
         data = await self._transport.request("GET", path, timeout=timeout)
         return update_of(structure_task(_require_object(data), task_id), task_id)
 
     async def cancel_task(self, task_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
         """Ask the server to cancel the task; a finished task is left as it is."""
-        path = f"/tasks/{_quote_id(task_id)}/cancel"
+        path = f"/tasks/{path_id(task_id, 'task_id')}/cancel"
         await self._transport.request("POST", path, idempotent=True, timeout=timeout)
 
     async def cancel(self, task_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
@@ -384,7 +389,7 @@ class AsyncInference:
         self, task_id: str, *, files: bool = False, timeout: Timeout = USE_CLIENT_DEFAULT
     ) -> None:
         """Delete a task; with `files=True` also the files it used and made."""
-        path = f"/tasks/{_quote_id(task_id)}" + ("?files=true" if files else "")
+        path = f"/tasks/{path_id(task_id, 'task_id')}" + ("?files=true" if files else "")
         await self._transport.request("DELETE", path, timeout=timeout)
 
     async def task_files(
@@ -397,7 +402,7 @@ class AsyncInference:
         """The files a task used (`role="input"`) and made (`"output"`), or both."""
         if role not in (None, "input", "output"):
             raise UsageError(f'role must be None, "input" or "output", got {shown_arg(role)}')
-        path = f"/tasks/{_quote_id(task_id)}/files" + (f"?role={role}" if role else "")
+        path = f"/tasks/{path_id(task_id, 'task_id')}/files" + (f"?role={role}" if role else "")
         data = await self._transport.request("GET", path, timeout=timeout)
         if data is None:
             return []
@@ -415,7 +420,7 @@ class AsyncInference:
     ) -> TaskStream:
         """Attach to an existing task's stream; the first update is its current state.
         `timeout` bounds the whole stream (it replaces the options' `total_timeout`)."""
-        _quote_id(task_id)
+        path_id(task_id, "task_id")
 
         async def start() -> tuple[TaskCodec, Sequence[TaskEvent]]:
             return TaskCodec(task_id), ()
@@ -554,10 +559,6 @@ def _require_object(data: Any) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise ProtocolError(f"expected a task object, got {preview(data)}")
     return data
-
-
-def _quote_id(task_id: str) -> str:
-    return path_id(task_id, "task_id")
 
 
 async_inference = AsyncInference

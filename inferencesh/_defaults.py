@@ -28,6 +28,7 @@ __all__ = [
     "count",
     "finite",
     "path_id",
+    "path_segment",
     "seconds",
     "shown_arg",
 ]
@@ -107,6 +108,11 @@ def check_callback(value: Any, name: str) -> None:
         raise UsageError(f"{name} must be a callable or None, got {type(value).__name__}")
 
 
+def path_segment(value: str) -> str:
+    """`value` (a `usable_id`) quoted as one URL path segment: the one way ids go into paths."""
+    return quote(value, safe="")
+
+
 def path_id(value: Any, name: str) -> str:
     """An id argument `name`, quoted as one URL path segment; it must be `usable_id`."""
     if not usable_id(value):
@@ -114,4 +120,4 @@ def path_id(value: Any, name: str) -> str:
             f"{name} must be a non-empty printable string other than . and .., "
             f"got {shown_arg(value, 80)}"
         )
-    return quote(value, safe="")
+    return path_segment(value)

@@ -208,8 +208,9 @@ class SyncStream(Iterator[T]):
 # hundred small events: the blocking client takes up to this many events per hand-off (the
 # async client takes 64 per step, which keeps fewer objects alive at once).
 _SYNC_BATCH = 1024
-# How long `close()` lets cancelled work clean up when the client has no timeout of its own.
-_CLOSE_BOUND = 30.0
+# What `_relay` waits for interrupted work beyond its clean-up's own bound (a stop after
+# Ctrl-C): the work's end, so that what the clean-up did reaches the caller as a note.
+_DRAIN_MARGIN = 5.0
 
 
 def _iterate(
@@ -423,7 +424,7 @@ class Inference:
         # loop below and `_drain`.
         done = self._start(run, on_done=lambda: requests.put(None))
         interrupted: BaseException | None = None
-        cleanup = self._async.timeout  # the work left to do is a REST call at most
+        cleanup = self._async._cleanup_timeout + _DRAIN_MARGIN
         try:
             while interrupted is None and (request := requests.get()) is not None:
                 interrupted = _answer(*request)
@@ -476,12 +477,12 @@ class Inference:
 
     async def _cancel_running(self) -> None:
         """On the loop: cancel the work started by `_start` and wait until it has ended, for
-        its clean-up at most the client's timeout (30 s when it has none)."""
+        its clean-up at most the client's `_cleanup_timeout`."""
         tasks = list(self._running)
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=self._async.timeout or _CLOSE_BOUND)
+            await asyncio.wait(tasks, timeout=self._async._cleanup_timeout)
 
     @property
     def closed(self) -> bool:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
 
 from ._converters import _ABSENT, DELTA, SNAPSHOT, TaskEvent, structure_task
+from ._defaults import path_segment
 from ._events import Progress, TaskUpdate, new_update
 from ._status import TaskStatus
 
@@ -33,7 +33,7 @@ class TaskCodec:
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
-        self.path = f"/tasks/{quote(task_id, safe='')}/stream"
+        self.path = f"/tasks/{path_segment(task_id)}/stream"
         self.label = f"task {task_id}"
 
     def structure(self, payload: Any) -> TaskEvent | None:

@@ -58,8 +58,9 @@ OUTPUT_CLOSED = 141
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 # The same and newline, and the Unicode line and paragraph separators: what breaks a line.
 _LINE_BREAK = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-# What `json.dumps` leaves unescaped of those: DEL, C1 and the separators (it escapes C0).
-_JSON_CONTROL = re.compile("[\x7f-\x9f\u2028\u2029]")
+# What `json.dumps(ensure_ascii=False)` leaves unescaped of those: DEL, C1, the separators
+# and the lone surrogates (it escapes C0); `\uNNNN` is valid JSON for each.
+_JSON_CONTROL = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def _escape(match: re.Match[str]) -> str:

@@ -71,6 +71,9 @@ http_logger = logging.getLogger("inferencesh.http")
 # What the server says alongside an answer (the envelope's `messages`), one record each.
 server_logger = logging.getLogger("inferencesh.server")
 
+CLEANUP_BOUND = 30.0
+"""Seconds clean-up work may take when the client's REST calls have no limit."""
+
 T = TypeVar("T")
 
 DEFAULT_BASE_URL = "https://api.inference.sh"
@@ -540,6 +543,13 @@ class Transport:
     def timeout(self) -> float | None:
         """Seconds a REST call may take, its retries included."""
         return self._timeout
+
+    @property
+    def cleanup_timeout(self) -> float:
+        """Seconds clean-up work may take (a stop or a cancel sent on leaving, cancelled work
+        finishing): the REST timeout, or `CLEANUP_BOUND` when there is none, so that no
+        clean-up waits for ever."""
+        return self._timeout if self._timeout is not None else CLEANUP_BOUND
 
     async def session(self) -> aiohttp.ClientSession:
         """The client's session for API calls, created on first use. The key and the default

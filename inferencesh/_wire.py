@@ -38,9 +38,33 @@ def _stdlib_decode(data: Buffer) -> Any:
     """The standard library's decoder, held to what orjson accepts."""
     if isinstance(data, memoryview | bytearray):
         data = bytes(data)
-    return json.loads(
+    value = json.loads(
         data, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_orjson_int
     )
+    # Only a `\uD8xx`-style escape can make a lone surrogate (UTF-8 cannot carry one), and
+    # orjson refuses it: so does this decoder.
+    escape = "\\ud" if isinstance(data, str) else b"\\ud"
+    if escape in data.lower() and _holds_lone_surrogate(value):  # type: ignore[operator]
+        raise ValueError("a string holds a lone surrogate (an unpaired \\uD800-\\uDFFF escape)")
+    return value
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    # Iterative, as `_too_deep`: the value may nest as deep as the text allows.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            stack.extend(item)
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+        elif type(item) is str:
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
 
 
 def _reject_constant(name: str) -> Any:

@@ -636,6 +636,11 @@ def test_one_line_escapes_what_breaks_a_line_and_keeps_tabs() -> None:
     assert shown == one_line(shown)
     assert "a\tb\nc\\x0d\\x1bd\u2028e\u2029f\\x85g ✓" == neutralise(text)
     assert '"\\u2028\\u2029\\u009b\\u001b✓"' == json_text("\u2028\u2029\u009b\x1b✓")
+    # A lone surrogate (what a server's `"\\ud800"` decodes to without orjson) is escaped:
+    # the line can be written as UTF-8, and reads back as the same string.
+    line = json_text({"log": "a\ud800b"})
+    assert line.encode("utf-8")
+    assert {"log": "a\ud800b"} == json.loads(line)
 
 
 def forged_lines(lines: list[str]) -> list[str]:

@@ -267,6 +267,31 @@ async def test_either_decoder_gives_the_same_numbers(
     assert type(output) is type(expected)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (b'"\\ud800"', None),  # a lone high surrogate: refused
+        (b'["ok", {"k": "x\\udc00y"}]', None),  # a lone low one, deeper: refused
+        (b'"\\ud83d\\ude00"', "\U0001f600"),  # a pair: one character
+        (b'"\\\\ud800"', "\\ud800"),  # an escaped backslash, then text
+    ],
+)
+async def test_either_decoder_refuses_lone_surrogates(
+    decoder: str, text: bytes, expected: str | None
+) -> None:
+    """orjson refuses a lone surrogate escape; the standard library's decoder took it, and
+    the string could then not be written in any encoding (UnicodeEncodeError later)."""
+
+    async def handler(exchange: Exchange) -> None:
+        await exchange.respond(200, b'{"id": "t1", "status": 10, "output": %s}' % text)
+
+    async with connected(handler) as (_, client):
+        if expected is None:
+            assert isinstance(await error_of(lambda: client.get_task("t1")), ProtocolError)
+        else:
+            assert expected in str((await client.get_task("t1")).output)
+
+
 # -- broken HTTP and compression (already typed: kept so) -----------------------------------------
 
 

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import importlib
 import json
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, Protocol, cast
 
 import attrs
 
+from .._defaults import finite, shown_arg
 from .._status import TaskStatus
 from .._wire import json_kind
 from ._options import AppFunction
@@ -123,12 +123,8 @@ class AppContext:
         for name, value in (("current", current), ("total", total)):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError(f"progress {name} must be a number, got {value!r}")
-            try:  # an int past the range of a float is no number a client reads (JSON)
-                finite = math.isfinite(value)
-            except OverflowError:
-                finite = False
-            if not finite:
-                raise ValueError(f"progress {name} must be finite, got {value!r:.40}")
+            if finite(value) is None:  # an int past a float's range is none a client reads
+                raise ValueError(f"progress {name} must be finite, got {shown_arg(value)}")
         self._sink.set_progress(current, total)
 
     def partial(self, output: Any) -> None:
@@ -243,14 +239,10 @@ def _int_field(value: Any, field: str, *, maximum: int) -> int:
 
 
 def _seconds_field(value: Any, field: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 0 <= value <= MAX_SIM_STEP_DELAY
-    ):
+    if finite(value) is None or not 0 <= value <= MAX_SIM_STEP_DELAY:
         raise InvalidField(
-            field, f"must be a number of seconds from 0 to {MAX_SIM_STEP_DELAY}, got {value!r:.40}"
+            field,
+            f"must be a number of seconds from 0 to {MAX_SIM_STEP_DELAY}, got {shown_arg(value)}",
         )
     return float(value)
 
