@@ -288,20 +288,19 @@ class AsyncBatch(AsyncIterator[TaskOutcome]):
     async def aclose(self) -> None:
         """Stop now: tasks in flight stop here and, unless told not to, on the server (from
         any task: an iteration waiting in another one ends)."""
-        iterating, done = self._iterating, self._iteration_done
-        current = asyncio.current_task()
-        if iterating is not None and iterating is not current:
-            # Cancelled once, however many close it at once (the client's `aclose` closes
-            # its batches too): a second cancellation would escape the iteration's task.
-            self._iterating = None
-            iterating.cancel(_CLOSED)  # its loop cleans up as it leaves
-        if done is not None and not done.done() and iterating is not current:
-            await asyncio.shield(done)
-        if self._closing is not None:  # another task is closing the loop: wait for it
+        if self._closing is not None:  # another task is closing it (or has): wait for that
             await asyncio.shield(self._closing)
             return
+        # The first to close does it all, so the iteration is cancelled once however many
+        # close at once (the client's `aclose` closes its batches too): a second cancellation
+        # would escape the iteration's task.
         self._closing = asyncio.get_running_loop().create_future()
         try:
+            iterating, done = self._iterating, self._iteration_done
+            if iterating is not None and iterating is not asyncio.current_task():
+                iterating.cancel(_CLOSED)  # its loop cleans up as it leaves
+                if done is not None:
+                    await asyncio.shield(done)
             await self._outcomes.aclose()
         finally:
             self._closing.set_result(None)
