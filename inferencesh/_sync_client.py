@@ -82,9 +82,10 @@ class _Pending(Generic[T]):
     with the loop thread, and a KeyboardInterrupt raised just after the waiter acquired that
     lock (inside the Condition's Python `__enter__`, before the `with` block) leaves it held,
     so the loop thread blocks on it for good: seen on Python 3.13 with a signal handler raising
-    at random instants. Everything but `_done` is written on the loop thread only. `on_done`
-    is called there once the outcome is set, however the work ended (even cancelled before
-    its first step).
+    at random instants. Everything but `_done` and `_cancel_sent` (the waiting thread's) is
+    written on the loop thread only. `on_done` is called there once the outcome is set,
+    however the work ended (even cancelled before its first step, or before `start` was
+    queued: an interrupt landed while it was handed over).
     """
 
     def __init__(
@@ -99,12 +100,16 @@ class _Pending(Generic[T]):
         self._done = threading.Lock()
         self._done.acquire()  # released by the loop thread once the outcome is set
         self._task: asyncio.Task[T] | None = None
+        self._ended_unstarted = False  # cancelled before `start` was ever queued
+        self._cancel_sent = False  # written by the waiting thread: `cancel` acts once
         self._value: T | None = None
         self._error: BaseException | None = None
 
     def start(self, running: set[asyncio.Future[Any]]) -> None:
         """On the loop thread: start the work as a task kept in `running` while it runs (before
         any `cancel` reaches the loop: both are queued there, this one first)."""
+        if self._ended_unstarted:
+            return
         self._task = task = self._loop.create_task(self._run())
         running.add(task)
         task.add_done_callback(running.discard)
@@ -153,13 +158,26 @@ class _Pending(Generic[T]):
                 error.add_note(note)
 
     def cancel(self) -> None:
-        """Cancel the work once, as asyncio does (its clean-up still runs), from any thread;
-        nothing when the loop is gone (closing the client ended the work)."""
+        """Cancel the work once, as asyncio does (its clean-up still runs), from the thread
+        that waits for it; nothing when the loop is gone (closing the client ended the work)."""
+        if self._cancel_sent:
+            return  # once: a second cancellation would cut the work's clean-up short
+        self._cancel_sent = True
         _to_loop(self._loop, self._cancel)
 
     def _cancel(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        elif not self._ended_unstarted:
+            # `start` never reached the loop (it comes first when it does): an interrupt
+            # landed while it was being queued. The work ends here, cancelled, as it would.
+            self._ended_unstarted = True
+            self._error = asyncio.CancelledError()
+            try:
+                if self._on_done is not None:
+                    self._on_done()
+            finally:
+                self._done.release()
 
 
 class SyncStream(Iterator[T]):
@@ -341,11 +359,14 @@ class Inference:
         fn: Callable[..., Awaitable[T]],
         *args: Any,
         on_done: Callable[[], object] | None = None,
+        hold: list[_Pending[Any]] | None = None,
         **kwargs: Any,
     ) -> _Pending[T]:
         """Start `fn(*args, **kwargs)` on the loop (started on first use); wait with `.wait()`.
         Under the lock, so that `close` cancels all the work started before it. Refused on
-        the loop thread itself (a callback such as `on_messages`): it would wait for itself."""
+        the loop thread itself (a callback such as `on_messages`): it would wait for itself.
+        An interrupt landing while the work is handed over cancels it; `hold` (if given)
+        receives it once handed over or possibly so, for a caller that must then wait for it."""
         if threading.get_ident() == self._loop_thread:
             raise UsageError(
                 "a blocking call cannot be made from a callback on the client's own loop thread"
@@ -361,6 +382,13 @@ class Inference:
                 raise UsageError(
                     "the client's event loop has stopped; create a new client"
                 ) from None
+            except BaseException:  # queued or not: `cancel` ends it either way
+                pending.cancel()
+                if hold is not None:
+                    hold.append(pending)
+                raise
+            if hold is not None:
+                hold.append(pending)
             return pending
 
     def _start_loop(self) -> asyncio.AbstractEventLoop:
@@ -422,19 +450,21 @@ class Inference:
 
         # The end of the work, however it ends (even cancelled before it started), ends the
         # loop below and `_drain`.
-        done = self._start(run, on_done=lambda: requests.put(None))
         interrupted: BaseException | None = None
         cleanup = self._async._cleanup_timeout + _DRAIN_MARGIN
+        held: list[_Pending[Any]] = []
         try:
+            done = self._start(run, on_done=lambda: requests.put(None), hold=held)
             while interrupted is None and (request := requests.get()) is not None:
                 interrupted = _answer(*request)
         except BaseException as exc:
-            # Ctrl-C while waiting: stop the work, and let it finish what it must (stop the
-            # agent's run) before this thread goes on: it is cancelled once, so its clean-up
-            # runs.
-            done.cancel()
-            _drain(requests, cleanup)
-            done.note_on(exc)
+            # Ctrl-C while waiting (or while the work was handed over): stop the work, and let
+            # it finish what it must (stop the agent's run) before this thread goes on: it is
+            # cancelled once, so its clean-up runs.
+            if held:
+                held[0].cancel()
+                _drain(requests, cleanup)
+                held[0].note_on(exc)
             raise
         if interrupted is not None:
             # The loop was told, and ends the work as after any failed callback: wait for that.

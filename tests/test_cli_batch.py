@@ -523,28 +523,35 @@ def test_ctrl_c_cancels_started_tasks_and_a_rerun_completes_the_rest(
     results = tmp_path / "inputs.results.jsonl"
     journal = tmp_path / "inputs.results.jsonl.journal.sqlite3"
     args = batch_args(inputs, server, "--concurrency", "2", "--json")
-    with child(*args, tty=False) as proc:
-        assert wait_for(emu, lambda: len(calls) == 2 and count_state(journal, "started") == 2)
-        started = [task_id for state, task_id in journal_rows(journal).values() if task_id]
-        proc.proc.send_signal(signal.SIGINT)
-        code, text = proc.finish()
-    assert 130 == code, text
-    assert "cancelled 2 running tasks" in text
-    assert "Traceback" not in text
-    assert 0 == size(results)
+    try:
+        with child(*args, tty=False) as proc:
+            assert wait_for(emu, lambda: len(calls) == 2 and count_state(journal, "started") == 2)
+            started = [task_id for state, task_id in journal_rows(journal).values() if task_id]
+            proc.proc.send_signal(signal.SIGINT)
+            code, text = proc.finish()
+        assert 130 == code, text
+        assert "cancelled 2 running tasks" in text
+        assert "Traceback" not in text
+        assert 0 == size(results)
 
-    def statuses(e: Emulator) -> set[Any]:
-        return {(e.task_snapshot(task_id) or {}).get("status") for task_id in started}
+        def statuses(e: Emulator) -> set[Any]:
+            return {(e.task_snapshot(task_id) or {}).get("status") for task_id in started}
 
-    assert {8} == statuses(emu)  # cancelling: the app is still cleaning up
-    gate.open()
-    streams = emu.streams_opened
-    with child(*args, tty=False) as proc:
-        # The rerun follows the two cancellations under way before it decides anything.
-        assert wait_for(emu, lambda: emu.streams_opened >= streams + 2)
-        assert 2 == len(calls)  # nothing starts before they are known to have ended
+        assert {8} == statuses(emu)  # cancelling: the app is still cleaning up
+        gate.open()
+        streams = emu.streams_opened
+        with child(*args, tty=False) as proc:
+            # The rerun follows the two cancellations under way before it decides anything.
+            assert wait_for(emu, lambda: emu.streams_opened >= streams + 2)
+            assert 2 == len(calls)  # nothing starts before they are known to have ended
+            cleanup.open()
+            code, text = proc.finish(timeout=60)
+    finally:
+        # An app still cleaning up would hold the emulator's shutdown (the `server` fixture's
+        # teardown) for ever, where pytest-timeout cannot interrupt it: however this test
+        # ends, let the cancelled calls finish.
+        gate.open()
         cleanup.open()
-        code, text = proc.finish(timeout=60)
     assert 0 == code, text
     assert {12} == statuses(emu)
     lines = result_lines(results)

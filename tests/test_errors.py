@@ -397,8 +397,10 @@ SIGNED = "X-Amz-Signature=0123456789abcdef"
 
 @given(
     status=st.integers(400, 599),
-    code=st.text(st.characters(exclude_characters="<&"), max_size=40),
-    said=st.text(st.characters(exclude_characters="<&"), max_size=400),
+    # codec="utf-8": no lone surrogates, which no body on the wire can hold (`.encode()` below
+    # would raise on them, failing one run in twenty on whatever examples came up).
+    code=st.text(st.characters(codec="utf-8", exclude_characters="<&"), max_size=40),
+    said=st.text(st.characters(codec="utf-8", exclude_characters="<&"), max_size=400),
     around=st.text(max_size=200),
 )
 def test_storage_errors_keep_code_and_message_only(

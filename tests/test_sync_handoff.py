@@ -152,3 +152,48 @@ def test_closing_the_client_under_a_cancel_on_close_call_cancels_its_task(
     with inference(api_key="k", base_url=server) as observer:
         status = observer.get_task(ids[0]).status
     assert status in (TaskStatus.CANCELLED, TaskStatus.CANCELLING), (status, errors)
+
+
+@pytest.mark.parametrize("queued", [True, False])
+def test_ctrl_c_while_work_is_handed_over_cancels_and_waits_for_it(
+    server: str, queued: bool
+) -> None:
+    """A KeyboardInterrupt landing inside the hand-over itself (`call_soon_threadsafe`), after
+    the work was queued or before: the work is cancelled once, its clean-up runs to its end
+    before the interrupt reaches the caller, and nothing is left running on the loop."""
+    began = threading.Event()
+    cleaned: list[str] = []
+
+    async def work() -> str:
+        began.set()
+        try:
+            await asyncio.sleep(BOUND * 4)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # a clean-up that takes a while (a stop request)
+            cleaned.append("done")
+            raise
+        return "finished"
+
+    with inference(api_key="k", base_url=server) as client:
+        client._call(asyncio.sleep, 0)  # the loop runs
+        loop = client._loop
+        assert loop is not None
+        real = loop.call_soon_threadsafe
+
+        def interrupted(callback: Any, *args: Any, context: Any = None) -> Any:
+            loop.call_soon_threadsafe = real  # type: ignore[method-assign]
+            if queued:
+                real(callback, *args)
+            raise KeyboardInterrupt
+
+        loop.call_soon_threadsafe = interrupted  # type: ignore[method-assign, assignment]
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            client._relay(work)
+        assert time.monotonic() - started < BOUND  # not the drain's whole bound
+        # Cancelled (before its first step, or in it: then its clean-up ran to its end
+        # before the caller went on), or never queued.
+        assert cleaned == (["done"] if began.is_set() else [])
+        # Anything queued before this call has run by its end: the work is not running.
+        assert "ok" == client._call(asyncio.sleep, 0, "ok")
+        assert not client._running, "the work was left running on the loop"
