@@ -84,7 +84,56 @@ def _restore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-class Child:
+class ChildOutput:
+    """A child process and the reading end of its output (a pseudo-terminal or a pipe), read
+    into `raw` with bounded waits. Subclasses start `proc` and set `_fd`."""
+
+    proc: subprocess.Popen[bytes]
+    _fd: int
+    raw: bytes = b""
+
+    def shown(self) -> str:
+        """The output so far as a failure message shows it."""
+        return plain(self.raw.decode("utf-8", "replace"))
+
+    def _read(self, deadline: float) -> bool:
+        """Read what is available before `deadline`; False at end of output."""
+        ready, _, _ = select.select([self._fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            return True
+        try:
+            chunk = os.read(self._fd, 65536)
+        except OSError:  # EIO: the pseudo-terminal's other side closed
+            return False
+        self.raw += chunk
+        return bool(chunk)
+
+    def _read_until(self, holds: Callable[[], bool], timeout: float) -> None:
+        """Read until `holds()`; fail with the output on timeout or at its end."""
+        deadline = time.monotonic() + timeout
+        while not holds():
+            if time.monotonic() >= deadline or not self._read(deadline):
+                pytest.fail(f"condition not met; output so far:\n{self.shown()[-3000:]}")
+
+    def _exit_code(self, timeout: float) -> int:
+        """Read to the end of the output and wait for the exit code, within `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._read(deadline):
+            pass
+        try:
+            return self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the CLI did not exit; output so far:\n{self.shown()[-3000:]}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+class Child(ChildOutput):
     """`python -m inferencesh ...` with stdout+stderr on a pseudo-terminal or a pipe."""
 
     def __init__(self, *args: str, tty: bool, env: dict[str, str] | None = None) -> None:
@@ -111,45 +160,16 @@ class Child:
 
     @property
     def text(self) -> str:
-        return plain(self.raw.decode("utf-8", "replace"))
-
-    def _read(self, deadline: float) -> bool:
-        """Read what is available before `deadline`; False at end of output."""
-        ready, _, _ = select.select([self._fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            return True
-        try:
-            chunk = os.read(self._fd, 65536)
-        except OSError:  # EIO: the pseudo-terminal's other side closed
-            return False
-        self.raw += chunk
-        return bool(chunk)
+        return self.shown()
 
     def read_until(self, predicate: Callable[[str], bool], timeout: float = 30.0) -> str:
         """Read until `predicate(text so far)` holds; fail with the output on timeout."""
-        deadline = time.monotonic() + timeout
-        while not predicate(self.text):
-            if time.monotonic() >= deadline or not self._read(deadline):
-                pytest.fail(f"condition not met; output so far:\n{self.text[-3000:]}")
+        self._read_until(lambda: predicate(self.text), timeout)
         return self.text
 
     def finish(self, timeout: float = 30.0) -> tuple[int, str]:
         """Read to the end of the output and wait for the exit code."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._read(deadline):
-            pass
-        try:
-            code = self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the CLI did not exit; output so far:\n{self.text[-3000:]}")
-        return code, self.text
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        return self._exit_code(timeout), self.text
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import fast_emulator, plain
+from support import ChildOutput, fast_emulator, plain
 
 from inferencesh import TaskStatus, inference
 from inferencesh._terminal import json_text, neutralise, one_line
@@ -154,7 +154,7 @@ _CONTROLLING = (
 )
 
 
-class Terminal:
+class Terminal(ChildOutput):
     """The CLI under a pseudo-terminal of 80x24 (stdin, stdout and stderr), its controlling
     terminal; the raw bytes it wrote are in `raw`."""
 
@@ -174,45 +174,21 @@ class Terminal:
             os.close(child)
         self.raw = b""
 
-    def _read(self, deadline: float) -> bool:
-        ready, _, _ = select.select([self._fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            return True
-        try:
-            chunk = os.read(self._fd, 65536)
-        except OSError:  # EIO: the child side has closed
-            return False
-        self.raw += chunk
-        return bool(chunk)
+    def shown(self) -> str:
+        return repr(self.text())  # escapes included: what the terminal was sent
 
     def text(self, encoding: str = "utf-8") -> str:
         return self.raw.decode(encoding, "replace")
 
     def read_until(self, predicate: Callable[[str], bool], timeout: float = 10) -> str:
-        deadline = time.monotonic() + timeout
-        while not predicate(self.text()):
-            if time.monotonic() >= deadline or not self._read(deadline):
-                pytest.fail(f"condition not met; output so far:\n{self.text()[-3000:]!r}")
+        self._read_until(lambda: predicate(self.text()), timeout)
         return self.text()
 
     def type(self, data: bytes) -> None:
         os.write(self._fd, data)
 
     def finish(self, timeout: float = 15) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._read(deadline):
-            pass
-        try:
-            return self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the CLI did not exit; output so far:\n{self.text()[-3000:]!r}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        return self._exit_code(timeout)
 
 
 @contextlib.contextmanager
